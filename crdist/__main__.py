@@ -1,0 +1,5 @@
+import sys
+
+from crdist.cli import main
+
+sys.exit(main())

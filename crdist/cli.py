@@ -1,0 +1,164 @@
+"""Command line: ``crdist run | report | prepare``. Thin: parse, load config, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("crdist: interrupted; finished jobs are kept in the run directory", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if type(err).__name__ not in _USER_ERRORS:
+            raise
+        print(f"crdist: error: {err}", file=sys.stderr)
+        return 2 if type(err).__name__ == "ConfigError" else 1
+
+
+# Errors that describe bad input or a failed job: shown as one message, without a traceback.
+_USER_ERRORS = {
+    "ConfigError",
+    "PrepareError",
+    "ManifestError",
+    "StudyError",
+    "RunDirError",
+    "ClusterError",
+    "WeightsError",
+    "ReportError",
+    "StreamError",
+    "SampleError",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crdist",
+        description="Continual representation learning, distributed: pretrain a backbone on tasks T1..TT one "
+        "after another (Ray + Accelerate + DeepSpeed ZeRO + WebDataset), measure every checkpoint on every task "
+        "with kNN, linear-probe and fine-tuning adaptation, and report the forgetting matrices.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a continual-pretraining study and write its report",
+        description="Run a study: prepare its shards, train every method on every task (one Ray Train job each), "
+        "evaluate every checkpoint on every task, and write runs/<name>/report/. Rerunning the same command "
+        "reuses the jobs already finished in the run directory.",
+    )
+    run.add_argument(
+        "config", nargs="?", default=None, help=f"study config (YAML); default: {DEFAULT_CONFIG}, the embedded demo"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.zero_stage=3 --set train.methods=[sgd] (repeatable)",
+    )
+    run.add_argument("--name", help="run name (directory under runs_dir); default: the config's name")
+    run.add_argument("--address", help="join this Ray cluster (e.g. auto, host:6379) instead of starting one")
+    run.set_defaults(handler=_run)
+
+    report = commands.add_parser("report", help="rebuild the report of a run directory from its evaluations")
+    report.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/demo")
+    report.set_defaults(handler=_report)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="prepare a benchmark's task stream as WebDataset shards, or verify prepared shards",
+        description="Write a benchmark's tasks as WebDataset tar shards plus manifest.json (atomically: an "
+        "interrupted preparation never looks finished). With --verify, re-hash prepared shards instead.",
+    )
+    prepare.add_argument("benchmark", nargs="?", help="benchmark name, e.g. seq-digits")
+    prepare.add_argument("--out", type=Path, help="output directory for shards and manifest")
+    prepare.add_argument("--root", help="where the raw dataset lives (when the benchmark needs one)")
+    prepare.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="data option, e.g. tasks=5"
+    )
+    prepare.add_argument("--verify", type=Path, metavar="DIR", help="re-hash the shards in DIR against its manifest")
+    prepare.set_defaults(handler=_prepare)
+    return parser
+
+
+def _default_config() -> Path:
+    here = Path(DEFAULT_CONFIG)
+    if here.is_file():
+        return here
+    packaged = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+    return packaged if packaged.is_file() else here
+
+
+def _run(args) -> int:
+    from crdist.orchestrate.driver import run_study
+    from crdist.study import load_study
+
+    path = Path(args.config) if args.config else _default_config()
+    overrides = args.overrides + ([f"name={args.name}"] if args.name else [])
+    study = load_study(path, overrides)
+    run_study(study, str(path), address=args.address)
+    return 0
+
+
+def _report(args) -> int:
+    import yaml
+
+    from crdist.config import from_dict
+    from crdist.data.manifest import Manifest
+    from crdist.orchestrate.rundir import RunDir
+    from crdist.report.write import write_report
+    from crdist.study import StudyConfig
+
+    run = RunDir(args.run_dir)
+    study = from_dict(StudyConfig, yaml.safe_load(run.config_file.read_text()), source=str(run.config_file))
+    summary = write_report(run, study, Manifest.load(study.data.shards))
+    print(f"report written to {summary.directory}\n\n{summary.table}")
+    return 0
+
+
+def _prepare(args) -> int:
+    import yaml
+
+    from crdist.config import from_dict
+    from crdist.data.config import DataConfig
+    from crdist.data.manifest import Manifest
+    from crdist.data.prepare import prepare
+    from crdist.data.shards import verify
+
+    if args.verify:
+        manifest = Manifest.load(args.verify)
+        problems = verify(manifest)
+        shards = sum(len(s.shards) for t in manifest.tasks for s in t.splits.values())
+        if problems:
+            print("\n".join(problems))
+            print(f"{len(problems)} of {shards} shards do not match {args.verify / 'manifest.json'}")
+            return 1
+        print(f"all {shards} shards match {args.verify / 'manifest.json'}")
+        return 0
+    if not args.benchmark or not args.out:
+        print("crdist prepare: give BENCHMARK and --out DIR, or --verify DIR", file=sys.stderr)
+        return 2
+    raw = {"benchmark": args.benchmark, "shards": str(args.out), "root": args.root}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        raw[key.removeprefix("data.")] = yaml.safe_load(value)
+    config = from_dict(DataConfig, raw, source="crdist prepare")
+    prepare(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

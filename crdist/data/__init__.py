@@ -1,0 +1,1 @@
+"""Data: raw sources → class-incremental task streams → WebDataset shards → per-rank streams."""

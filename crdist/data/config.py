@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crdist.config import require
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    benchmark: str = "seq-digits"
+    # Where the raw dataset lives (unused by seq-digits, which ships with scikit-learn).
+    root: str | None = None
+    # Directory of prepared shards plus manifest.json; prepared on first use, reused after.
+    shards: str = "shards/seq-digits"
+    tasks: int = 5
+    classes_per_task: int = 2
+    # Class order of the stream; null = 0, 1, 2, ...
+    class_order: list[int] | None = None
+    # Share of each class held out as the test split (benchmarks without an official test split).
+    test_fraction: float = 0.3
+    # Size per class of the fixed adaptation subset (drawn from the train split, seeded).
+    adapt_per_class: int = 30
+    # Seeds the test/adaptation split and the order of samples in the shards.
+    seed: int = 0
+    # Samples per tar shard: small enough that every rank and loader worker gets shards.
+    shard_size: int = 32
+
+    def validate(self) -> None:
+        from crdist.data.benchmarks import BENCHMARKS
+
+        require(self.benchmark in BENCHMARKS, "benchmark", BENCHMARKS.unknown_message(self.benchmark))
+        require(self.tasks >= 1, "tasks", f"must be at least 1 (got {self.tasks})")
+        require(self.classes_per_task >= 1, "classes_per_task", f"must be at least 1 (got {self.classes_per_task})")
+        if self.class_order is not None:
+            require(
+                len(set(self.class_order)) == len(self.class_order),
+                "class_order",
+                "lists a class more than once",
+            )
+            require(
+                len(self.class_order) >= self.tasks * self.classes_per_task,
+                "class_order",
+                f"has {len(self.class_order)} classes, fewer than tasks × classes_per_task = "
+                f"{self.tasks * self.classes_per_task}",
+            )
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", f"must be in (0, 1) (got {self.test_fraction})")
+        require(self.adapt_per_class >= 2, "adapt_per_class", f"must be at least 2 (got {self.adapt_per_class})")
+        require(self.shard_size >= 1, "shard_size", f"must be at least 1 (got {self.shard_size})")

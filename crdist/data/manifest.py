@@ -1,0 +1,125 @@
+"""The manifest of a prepared stream: what each shard holds, its hash, and how it was made.
+
+``manifest.json`` is written last, so a directory with a manifest is a finished preparation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crdist.atomic import write_json
+
+FORMAT = "crdist-shards/1"
+FILENAME = "manifest.json"
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass
+class ShardRecord:
+    path: str  # relative to the manifest's directory
+    count: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class SplitRecord:
+    count: int
+    per_class: dict[str, int]
+    shards: list[ShardRecord]
+
+
+@dataclass
+class TaskRecord:
+    index: int
+    name: str
+    classes: list[int]
+    splits: dict[str, SplitRecord]
+
+
+@dataclass
+class ImageInfo:
+    channels: int
+    height: int
+    width: int
+    mean: list[float]  # per channel, over every train image of the stream, in [0, 1]
+    std: list[float]
+
+
+@dataclass
+class Manifest:
+    benchmark: str
+    crdist_version: str
+    source: dict  # {"description": ..., "fingerprint": ...}
+    params: dict  # everything that determines the shards' content
+    class_names: list[str]
+    image: ImageInfo | None
+    tasks: list[TaskRecord]
+    format: str = FORMAT
+    root: Path = field(default=Path("."), compare=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def task(self, index: int) -> TaskRecord:
+        for task in self.tasks:
+            if task.index == index:
+                return task
+        raise ManifestError(f"{self.root / FILENAME}: no task {index} (tasks are 1..{len(self.tasks)})")
+
+    def split(self, task: int, split: str) -> SplitRecord:
+        record = self.task(task)
+        if split not in record.splits:
+            raise ManifestError(f"{self.root / FILENAME}: task {task} has no split {split!r}")
+        return record.splits[split]
+
+    def url(self, shard: ShardRecord) -> str:
+        return str(self.root / shard.path)
+
+    def save(self, directory: Path) -> None:
+        data = asdict(self)
+        data.pop("root")
+        write_json(directory / FILENAME, data)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Manifest":
+        directory = Path(directory)
+        path = directory / FILENAME
+        if not path.is_file():
+            raise ManifestError(f"{path}: no manifest (the shards are missing or their preparation did not finish)")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ManifestError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+            tasks = [
+                TaskRecord(
+                    index=t["index"],
+                    name=t["name"],
+                    classes=t["classes"],
+                    splits={
+                        name: SplitRecord(s["count"], s["per_class"], [ShardRecord(**r) for r in s["shards"]])
+                        for name, s in t["splits"].items()
+                    },
+                )
+                for t in data["tasks"]
+            ]
+            image = ImageInfo(**data["image"]) if data.get("image") else None
+            return cls(
+                benchmark=data["benchmark"],
+                crdist_version=data["crdist_version"],
+                source=data["source"],
+                params=data["params"],
+                class_names=data["class_names"],
+                image=image,
+                tasks=tasks,
+                format=data["format"],
+                root=directory.resolve(),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None

@@ -1,0 +1,72 @@
+"""Write samples into WebDataset tar shards and check shards against their manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+import webdataset as wds
+
+from crdist.data.manifest import Manifest, ShardRecord
+
+
+def write_shards(directory: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[ShardRecord]:
+    """Write ``samples`` (tar member dicts) as ``<prefix>-00000.tar``, ... of ``shard_size`` samples each.
+
+    Members carry mtime 0, so the same samples always give byte-identical shards and hashes.
+    """
+    records: list[ShardRecord] = []
+    batch: list[dict] = []
+
+    def flush() -> None:
+        path = directory / f"{prefix}-{len(records):05d}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as stream:
+            with wds.TarWriter(stream, encoder=False, mtime=0.0) as writer:
+                for sample in batch:
+                    writer.write(sample)
+            stream.flush()
+            os.fsync(stream.fileno())
+        records.append(
+            ShardRecord(
+                path=str(path.relative_to(directory)),
+                count=len(batch),
+                bytes=path.stat().st_size,
+                sha256=sha256_of(path),
+            )
+        )
+        batch.clear()
+
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == shard_size:
+            flush()
+    if batch:
+        flush()
+    return records
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(manifest: Manifest, rehash: bool = True) -> list[str]:
+    """Every problem found, one line each naming the shard; empty when all shards match."""
+    problems = []
+    for task in manifest.tasks:
+        for split in task.splits.values():
+            for shard in split.shards:
+                path = manifest.root / shard.path
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                elif path.stat().st_size != shard.bytes:
+                    problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard.bytes}")
+                elif rehash and sha256_of(path) != shard.sha256:
+                    problems.append(f"{path}: sha256 differs from the manifest")
+    return problems

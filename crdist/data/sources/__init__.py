@@ -1,0 +1,1 @@
+"""Readers of raw dataset formats; each returns an in-memory labelled set."""

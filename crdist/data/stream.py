@@ -1,0 +1,147 @@
+"""Stream one task split to one rank: deterministic order, the same number of batches on every rank.
+
+Sharding happens here, inside the WebDataset pipeline (shards split by rank, then by loader
+worker), never through ``accelerator.prepare``, which would shard a second time.
+
+Each epoch the shard list is permuted by (seed, task, epoch); rank r takes every world-th shard,
+and its loader workers split those again. Every rank can compute from the manifest alone how many
+samples every other rank holds, so all ranks stop after the same number of batches
+(``steps_in_epoch``) and no collective waits on a rank that ran dry.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from dataclasses import dataclass
+from itertools import islice
+from typing import Iterator
+
+import torch
+import webdataset as wds
+
+from crdist.data.manifest import Manifest, ShardRecord
+from crdist.data.samples import ImageDecoder, SampleError, collate
+
+
+_LOADER_CONTEXT = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+class StreamError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    task: int
+    split: str
+    rank: int
+    world: int
+    batch_size: int  # per rank
+    loader_workers: int
+    shuffle_buffer: int
+    seed: int
+
+
+def epoch_order(shards: list[ShardRecord], seed: int, task: int, epoch: int) -> list[ShardRecord]:
+    order = list(shards)
+    random.Random(f"shards/{seed}/{task}/{epoch}").shuffle(order)
+    return order
+
+
+def rank_shards(order: list[ShardRecord], rank: int, world: int) -> list[ShardRecord]:
+    return order[rank::world]
+
+
+def steps_in_epoch(shards: list[ShardRecord], spec: StreamSpec, epoch: int) -> int:
+    """Full batches the poorest rank can fill this epoch; every rank runs exactly this many."""
+    order = epoch_order(shards, spec.seed, spec.task, epoch)
+    return min(sum(s.count for s in rank_shards(order, r, spec.world)) // spec.batch_size for r in range(spec.world))
+
+
+class RankStream:
+    """The batches one rank trains on, epoch by epoch."""
+
+    def __init__(self, manifest: Manifest, spec: StreamSpec):
+        self.manifest = manifest
+        self.spec = spec
+        self.shards = manifest.split(spec.task, spec.split).shards
+        if len(self.shards) < spec.world:
+            raise StreamError(
+                f"task {spec.task} {spec.split} split has {len(self.shards)} shard(s) for {spec.world} ranks; "
+                f"prepare it with a smaller data.shard_size so that every rank gets at least one shard"
+            )
+        info = manifest.image
+        self.decode = ImageDecoder(info.channels, info.mean, info.std)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return steps_in_epoch(self.shards, self.spec, epoch)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Exactly ``steps_in_epoch(epoch)`` batches of ``batch_size`` samples."""
+        spec = self.spec
+        steps = self.steps_in_epoch(epoch)
+        if steps == 0:
+            raise StreamError(
+                f"task {spec.task}: a rank holds fewer than batch_size={spec.batch_size} samples in epoch {epoch}; "
+                "lower train.batch_size or use fewer workers"
+            )
+        order = epoch_order(self.shards, spec.seed, spec.task, epoch)
+        urls = [self.manifest.url(s) for s in rank_shards(order, spec.rank, spec.world)]
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=_name_the_shard),
+            # The same seed in every loader worker is fine: each shuffles different shards.
+            wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(
+                f"samples/{spec.seed}/{spec.task}/{epoch}/{spec.rank}")),
+            wds.map(self.decode),
+            wds.batched(spec.batch_size, collation_fn=collate, partial=True),
+        )
+        loader = torch.utils.data.DataLoader(
+            pipeline,
+            batch_size=None,
+            num_workers=min(spec.loader_workers, len(urls)),
+            # Fork explicitly: a process started by "spawn" (torch.multiprocessing, some launchers)
+            # would otherwise spawn its loaders too, and each would re-import torch for seconds.
+            multiprocessing_context=_LOADER_CONTEXT if spec.loader_workers else None,
+        )
+        return islice(rebatch(loader, spec.batch_size), steps)
+
+
+def rebatch(batches, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Regroup the loader workers' (possibly partial) batches into full batches of ``size``."""
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    held = 0
+    for x, y in batches:
+        images.append(x)
+        labels.append(y)
+        held += len(y)
+        while held >= size:
+            x_all, y_all = torch.cat(images), torch.cat(labels)
+            yield x_all[:size], y_all[:size]
+            images, labels = [x_all[size:]], [y_all[size:]]
+            held -= size
+
+
+def read_split(manifest: Manifest, task: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole (small) split in shard order, decoded, in this process: for evaluation."""
+    info = manifest.image
+    decode = ImageDecoder(info.channels, info.mean, info.std)
+    urls = [manifest.url(s) for s in manifest.split(task, split).shards]
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_name_the_shard), wds.map(decode)
+    )
+    samples = list(pipeline)
+    expected = manifest.split(task, split).count
+    if len(samples) != expected:
+        raise StreamError(f"task {task} {split}: read {len(samples)} samples, the manifest lists {expected}")
+    return collate(samples)
+
+
+def _name_the_shard(exn: Exception) -> bool:
+    """webdataset error handler: re-raise with the shard's name in the message."""
+    if isinstance(exn, SampleError):
+        raise exn
+    raise StreamError(f"cannot read shard: {exn}") from exn

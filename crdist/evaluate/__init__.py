@@ -1,0 +1,1 @@
+"""Evaluation: measure a checkpoint on a task by adapting it with a little of that task's data."""

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crdist.config import require
+from crdist.evaluate.protocols.finetune import FinetuneConfig
+from crdist.evaluate.protocols.knn import KNNConfig
+from crdist.evaluate.protocols.linear import LinearConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    protocols: list[str] = field(default_factory=lambda: ["knn", "linear", "finetune"])
+    cpus: float = 1.0  # Ray CPUs per evaluation task
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def validate(self) -> None:
+        from crdist.evaluate.protocols import PROTOCOLS
+
+        require(len(self.protocols) >= 1, "protocols", "must name at least one protocol")
+        for i, name in enumerate(self.protocols):
+            require(name in PROTOCOLS, f"protocols[{i}]", PROTOCOLS.unknown_message(name))
+        require(len(set(self.protocols)) == len(self.protocols), "protocols", "lists a protocol more than once")
+        require(self.cpus > 0, "cpus", f"must be positive (got {self.cpus})")

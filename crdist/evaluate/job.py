@@ -1,0 +1,76 @@
+"""One evaluation job: checkpoint c_i measured on task j by every protocol, written as JSON.
+
+Features of (c_i, task j) are computed once and shared by the protocols that use them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from crdist.atomic import write_json
+from crdist.data.manifest import Manifest
+from crdist.data.stream import read_split
+from crdist.evaluate.context import EvalContext
+from crdist.evaluate.protocols import PROTOCOLS
+from crdist.models.classifier import build_classifier
+from crdist.models.weights import load_into
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    study: object  # crdist.study.StudyConfig
+    checkpoint: str  # e.g. "c_0" or "sgd/c_3"
+    row: int  # i: 0 for the initial model, 1..T after task i
+    task: int  # j
+    weights: str
+    shards: str
+    output: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.checkpoint} × task {self.task}"
+
+
+def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    cfg = job.study
+    manifest = Manifest.load(job.shards)
+    model = build_classifier(cfg.model.backbone, manifest.image.channels, manifest.num_classes, cfg.seed)
+    load_into(model, job.weights)
+    model.eval()
+    classes = manifest.task(job.task).classes
+    adapt_images, adapt_labels = read_split(manifest, job.task, "adapt")
+    test_images, test_labels = read_split(manifest, job.task, "test")
+    context = EvalContext(
+        model=model,
+        adapt_images=adapt_images,
+        adapt_labels=_task_local(adapt_labels, classes),
+        test_images=test_images,
+        test_labels=_task_local(test_labels, classes),
+        num_classes=len(classes),
+        seed=cfg.seed * 100_003 + job.row * 1_009 + job.task,
+        config=cfg.evaluate,
+    )
+    accuracy = {name: PROTOCOLS.get(name)(context) for name in cfg.evaluate.protocols}
+    result = {
+        "checkpoint": job.checkpoint,
+        "row": job.row,
+        "task": job.task,
+        "accuracy": accuracy,
+        "adapt_samples": len(adapt_labels),
+        "test_samples": len(test_labels),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(Path(job.output), result)
+    return result
+
+
+def _task_local(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return torch.tensor([lookup[int(y)] for y in labels], dtype=torch.long)
+

@@ -1,0 +1,53 @@
+"""finetune: fine-tune a copy of the checkpoint, with a new head, on the adaptation subset."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crdist.config import require
+from crdist.evaluate.context import EvalContext
+from crdist.evaluate.features import extract_features
+from crdist.evaluate.protocols import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = 50
+    lr: float = 0.001
+    batch_size: int = 32
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "steps", f"must be at least 1 (got {self.steps})")
+        require(self.lr > 0, "lr", f"must be positive (got {self.lr})")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
+
+
+@PROTOCOLS.register("finetune")
+def finetune(context: EvalContext) -> float:
+    cfg = context.config.finetune
+    generator = torch.Generator().manual_seed(context.seed)
+    backbone = copy.deepcopy(context.model.backbone)
+    head = nn.Linear(context.model.feature_dim, context.num_classes)
+    with torch.no_grad():  # seeded head init, independent of the global RNG
+        bound = 1.0 / context.model.feature_dim**0.5
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.uniform_(-bound, bound, generator=generator)
+    model = nn.Sequential(backbone, head)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    images, labels = context.adapt_images, context.adapt_labels
+    model.train()
+    for _ in range(cfg.steps):
+        batch = torch.randperm(len(labels), generator=generator)[: cfg.batch_size]
+        loss = F.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = head(extract_features(backbone, context.test_images))
+    return (logits.argmax(dim=1) == context.test_labels).float().mean().item()

@@ -1,0 +1,53 @@
+"""linear: a logistic-regression probe on frozen features of the adaptation subset.
+
+The L2 strength is chosen by stratified cross-validation on the adaptation subset alone; the
+test split is touched once, to score the chosen probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crdist.config import require
+from crdist.evaluate.context import EvalContext
+from crdist.evaluate.protocols import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    # Inverse regularisation strengths tried; cross-validation picks one.
+    c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    folds: int = 3
+
+    def validate(self) -> None:
+        require(len(self.c_grid) >= 1 and all(c > 0 for c in self.c_grid), "c_grid", "must list positive values")
+        require(self.folds >= 2, "folds", f"must be at least 2 (got {self.folds})")
+
+
+def _probe(c: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
+def choose_c(features: np.ndarray, labels: np.ndarray, grid: list[float], folds: int, seed: int) -> float:
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folds = max(2, min(folds, int(np.bincount(labels).min())))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = [cross_val_score(_probe(c), features, labels, cv=splitter).mean() for c in sorted(grid)]
+    return sorted(grid)[int(np.argmax(scores))]  # ties go to the strongest regularisation
+
+
+@PROTOCOLS.register("linear")
+def linear(context: EvalContext) -> float:
+    adapt, test = (f.numpy() for f in context.features())
+    labels = context.adapt_labels.numpy()
+    cfg = context.config.linear
+    c = choose_c(adapt, labels, cfg.c_grid, cfg.folds, context.seed)
+    probe = _probe(c).fit(adapt, labels)
+    return float((probe.predict(test) == context.test_labels.numpy()).mean())

@@ -1,0 +1,1 @@
+"""Models: backbones (feature extractors) and the classifier that puts a linear head on one."""

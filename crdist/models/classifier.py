@@ -1,0 +1,35 @@
+"""A backbone with one linear head: what continued pretraining trains and every checkpoint stores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crdist.models.backbones import BACKBONES
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, freeze_backbone: bool = False) -> torch.Tensor:
+        if freeze_backbone:
+            # No graph through the backbone: its parameters get no gradient at all.
+            with torch.no_grad():
+                features = self.backbone(x)
+            return self.head(features)
+        return self.head(self.backbone(x))
+
+
+def build_classifier(backbone: str, in_channels: int, num_classes: int, seed: int) -> Classifier:
+    """Seeded, so every process builds the same initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module, feature_dim = BACKBONES.get(backbone)(in_channels)
+        return Classifier(module, feature_dim, num_classes)

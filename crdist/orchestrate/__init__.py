@@ -1,0 +1,1 @@
+"""Orchestration: the driver that plans train and eval jobs and runs them on Ray."""

@@ -1,0 +1,1 @@
+"""Report: accuracy matrices, metrics, heatmaps and a side-by-side comparison of methods."""

@@ -1,0 +1,38 @@
+"""Assemble accuracy matrices A[i][j] from a run directory's evaluation files."""
+
+from __future__ import annotations
+
+import json
+
+from crdist.orchestrate.rundir import RunDir
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def collect(run: RunDir, methods: list[str], protocols: list[str], tasks: int) -> dict[tuple[str, str], list[list[float]]]:
+    """{(method, protocol): (T+1) × T matrix}; row 0 is the shared initial model c_0."""
+    matrices = {}
+    missing = []
+    for method in methods:
+        rows: dict[str, list[list[float]]] = {p: [] for p in protocols}
+        for i in range(tasks + 1):
+            cells = {p: [] for p in protocols}
+            for j in range(1, tasks + 1):
+                path = run.evaluation(method, i, j)
+                if not path.is_file():
+                    missing.append(str(path))
+                    continue
+                accuracy = json.loads(path.read_text())["accuracy"]
+                for p in protocols:
+                    if p not in accuracy:
+                        raise ReportError(f"{path}: has no result for protocol {p!r}")
+                    cells[p].append(accuracy[p])
+            for p in protocols:
+                rows[p].append(cells[p])
+        for p in protocols:
+            matrices[(method, p)] = rows[p]
+    if missing:
+        raise ReportError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
+    return matrices

@@ -1,0 +1,118 @@
+"""Write a run's report: per method × protocol the matrix (CSV, JSON, PNG), metrics.json, report.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from crdist.data.manifest import Manifest
+from crdist.evaluate.metrics import summarize
+from crdist.orchestrate.rundir import RunDir
+from crdist.report.matrices import collect
+from crdist.report.plots import heatmap
+
+METRICS = [
+    ("average_accuracy", "avg acc ↑"),
+    ("average_forgetting", "forgetting ↓"),
+    ("backward_transfer", "BWT ↑"),
+    ("forward_transfer", "FWT ↑"),
+]
+
+
+@dataclass
+class ReportSummary:
+    directory: Path
+    metrics: dict  # {method: {protocol: {metric: value}}}
+    table: str  # the comparison, as printed on the terminal
+
+
+def write_report(run: RunDir, study, manifest: Manifest) -> ReportSummary:
+    methods, protocols, tasks = study.train.methods, study.evaluate.protocols, len(manifest.tasks)
+    matrices = collect(run, methods, protocols, tasks)
+    out = run.report
+    out.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {m: {} for m in methods}
+    for (method, protocol), matrix in matrices.items():
+        stem = f"matrix_{method}_{protocol}"
+        _write_csv(out / f"{stem}.csv", matrix)
+        (out / f"{stem}.json").write_text(
+            json.dumps(
+                {
+                    "method": method,
+                    "protocol": protocol,
+                    "rows": [f"c_{i}" for i in range(tasks + 1)],
+                    "columns": [f"task {j}" for j in range(1, tasks + 1)],
+                    "accuracy": matrix,
+                },
+                indent=1,
+            )
+        )
+        heatmap(matrix, f"{study.name}: {method}, {protocol}", out / f"{stem}.png")
+        metrics[method][protocol] = summarize(matrix)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    table = comparison_table(metrics, methods, protocols)
+    (out / "report.md").write_text(_markdown(study, manifest, metrics, matrices, methods, protocols))
+    return ReportSummary(out, metrics, table)
+
+
+def _write_csv(path: Path, matrix: list[list[float]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["checkpoint"] + [f"task {j + 1}" for j in range(len(matrix[0]))])
+        for i, row in enumerate(matrix):
+            writer.writerow([f"c_{i}"] + [f"{v:.4f}" for v in row])
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}" if value < 0 else f"{value:.3f}"
+
+
+def comparison_table(metrics: dict, methods: list[str], protocols: list[str]) -> str:
+    header = ["protocol", "method"] + [label for _, label in METRICS]
+    rows = [[p, m] + [_fmt(metrics[m][p][key]) for key, _ in METRICS] for p in protocols for m in methods]
+    widths = [max(len(str(r[c])) for r in [header] + rows) for c in range(len(header))]
+    line = lambda r: "  ".join(str(v).ljust(w) if c < 2 else str(v).rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    for k, row in enumerate(rows):
+        if k and k % len(methods) == 0:
+            out.append("")
+        out.append(line(row))
+    return "\n".join(out)
+
+
+def _markdown(study, manifest, metrics, matrices, methods, protocols) -> str:
+    tasks = len(manifest.tasks)
+    lines = [
+        f"# {study.name}: continual pretraining report",
+        "",
+        f"Stream: **{manifest.benchmark}**, {tasks} tasks "
+        f"({'; '.join(f'T{t.index}: classes {t.classes}' for t in manifest.tasks)}). "
+        f"Backbone: **{study.model.backbone}**, head: {study.model.head}. "
+        f"Training: {study.train.workers} workers, DeepSpeed ZeRO-{study.train.zero_stage}, "
+        f"{study.train.epochs} epoch(s) per task"
+        + (f" (at most {study.train.max_steps} steps)" if study.train.max_steps else "")
+        + f", seed {study.seed}.",
+        "",
+        "A[i][j] is the test accuracy on task j of checkpoint c_i adapted with task j's adaptation subset "
+        "(c_0 = the initial model). Average accuracy = mean of the last row; forgetting = mean over j < T of "
+        "max_{i in j..T-1} A[i][j] − A[T][j]; BWT = mean over j < T of A[T][j] − A[j][j]; "
+        "FWT = mean over j > 1 of A[j−1][j] − A[0][j].",
+        "",
+    ]
+    for protocol in protocols:
+        lines += [f"## Protocol: {protocol}", "", "| method | " + " | ".join(l for _, l in METRICS) + " |"]
+        lines.append("|---|" + "---:|" * len(METRICS))
+        for method in methods:
+            lines.append(f"| {method} | " + " | ".join(_fmt(metrics[method][protocol][k]) for k, _ in METRICS) + " |")
+        lines.append("")
+        for method in methods:
+            matrix = matrices[(method, protocol)]
+            lines += [f"**{method}** (`matrix_{method}_{protocol}.csv`, `.png`)", ""]
+            lines.append("| | " + " | ".join(f"T{j}" for j in range(1, tasks + 1)) + " |")
+            lines.append("|---|" + "---:|" * tasks)
+            for i, row in enumerate(matrix):
+                lines.append(f"| c_{i} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+            lines.append("")
+    return "\n".join(lines)

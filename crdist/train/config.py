@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from crdist.config import require
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Methods to compare; each trains its own chain c_1..c_T from the same c_0.
+    methods: list[str] = field(default_factory=lambda: ["sgd", "lpft"])
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    epochs: int = 5
+    # Cap on steps per task (for short runs); null = every step of every epoch.
+    max_steps: int | None = None
+    batch_size: int = 16  # per worker
+    lr: float = 0.003
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_fraction: float = 0.1  # of each phase
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    loader_workers: int = 2  # WebDataset loader processes per worker
+    shuffle_buffer: int = 256
+    log_every: int = 10  # steps between progress reports
+
+    def validate(self) -> None:
+        from crdist.methods import METHODS
+
+        require(len(self.methods) >= 1, "methods", "must name at least one method")
+        for i, name in enumerate(self.methods):
+            require(name in METHODS, f"methods[{i}]", METHODS.unknown_message(name))
+        require(len(set(self.methods)) == len(self.methods), "methods", "lists a method more than once")
+        require(self.workers >= 1, "workers", f"must be at least 1 (got {self.workers})")
+        require(self.cpus_per_worker > 0, "cpus_per_worker", f"must be positive (got {self.cpus_per_worker})")
+        require(self.epochs >= 1, "epochs", f"must be at least 1 (got {self.epochs})")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
+        require(self.lr > 0, "lr", f"must be positive (got {self.lr})")
+        require(self.weight_decay >= 0, "weight_decay", f"must be non-negative (got {self.weight_decay})")
+        require(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1) (got {self.warmup_fraction})")
+        require(self.grad_clip >= 0, "grad_clip", f"must be non-negative, 0 = off (got {self.grad_clip})")
+        require(self.loader_workers >= 0, "loader_workers", f"must be non-negative (got {self.loader_workers})")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be at least 1 (got {self.shuffle_buffer})")
+        require(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")

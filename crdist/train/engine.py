@@ -1,0 +1,105 @@
+"""The Accelerate + DeepSpeed ZeRO engine one worker trains with.
+
+Facts this module encodes (accelerate 1.15, deepspeed 0.19, no CUDA):
+- ``Accelerator(cpu=True, ...)`` silently drops DeepSpeed, so it is never passed; without a gloo
+  ``InitProcessGroupKwargs`` Accelerate counts one process and DeepSpeed's batch check fails.
+- ``train_micro_batch_size_per_gpu`` must be explicit: data never goes through ``prepare``.
+- ZeRO-3 only consolidates weights on save with ``stage3_gather_16bit_weights_on_model_save``;
+  in fp32 training the gathered weights are fp32 despite the key's name.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from crdist.train.config import TrainConfig
+
+
+def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "train_batch_size": cfg.batch_size * world,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        # torch.optim.AdamW: DeepSpeed's own Adam kernels JIT-compile for minutes on first use.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_accelerator(cfg: TrainConfig, world: int):
+    from accelerate import Accelerator, DeepSpeedPlugin
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    return Accelerator(
+        deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, world)),
+        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+        kwargs_handlers=handlers,
+    )
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups so a phase can freeze the backbone by giving it learning rate 0.
+
+    Under ZeRO a parameter without a gradient is stepped with a zero gradient; with lr 0 AdamW
+    leaves it bit-for-bit unchanged (weight decay is scaled by lr too).
+    """
+    return [
+        {"params": list(model.backbone.parameters()), "weight_decay": weight_decay, "group": "backbone"},
+        {"params": list(model.head.parameters()), "weight_decay": weight_decay, "group": "head"},
+    ]
+
+
+def set_learning_rates(optimizer, backbone_lr: float, head_lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = head_lr if group.get("group") == "head" else backbone_lr
+
+
+def reset_optimizer_state(optimizer) -> None:
+    """Forget Adam's moments and step counts, as a freshly built optimizer would.
+
+    The innermost torch optimizer (inside Accelerate's and ZeRO's wrappers, over the local fp32
+    partitions) recreates its state lazily on the next step, so this works for ZeRO 0–3.
+    """
+    inner = optimizer
+    while hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    inner.state.clear()
+
+
+COMM_OP = "ShareMemCommBuilder"
+
+
+def cpu_comm_op_cached() -> bool:
+    """Whether DeepSpeed's CPU shared-memory comm op is already compiled on this machine."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder(COMM_OP)
+    return builder is None or any(Path(_get_build_directory(builder.name, False)).glob("*.so"))
+
+
+def build_cpu_comm_op() -> float:
+    """Compile (first time, ~1 min on 2 cores) or load DeepSpeed's CPU comm op; returns seconds.
+
+    DeepSpeed builds it on the first ``deepspeed.initialize`` with no switch to turn it off; doing
+    it once up front keeps every worker of the first job from waiting on the same build.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    started = time.monotonic()
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        builder = accelerator.create_op_builder(COMM_OP)
+        if builder is not None:
+            builder.load(verbose=False)
+    return time.monotonic() - started

@@ -1,0 +1,82 @@
+"""The whole path through real Ray: `crdist run` on a shortened study writes every report file."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crdist.evaluate.metrics import summarize
+from tests.conftest import ROOT
+
+METHODS = ["sgd", "lpft"]
+PROTOCOLS = ["knn", "linear", "finetune"]
+
+
+def crdist_run(tmp_path, *overrides):
+    args = [
+        "name=short", f"runs_dir={tmp_path / 'runs'}", f"data.shards={tmp_path / 'shards'}", "data.tasks=2",
+        "train.epochs=1", "train.max_steps=6", "train.log_every=3", "train.zero_stage=3",
+        "evaluate.finetune.steps=5", *overrides,
+    ]
+    command = [sys.executable, "-m", "crdist", "run"] + [x for a in args for x in ("--set", a)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    result = crdist_run(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return tmp_path, result
+
+
+def test_a_short_study_through_ray_writes_every_report_file(finished_run):
+    tmp_path, result = finished_run
+    run = tmp_path / "runs" / "short"
+    report = run / "report"
+    expected = {"metrics.json", "report.md"} | {
+        f"matrix_{m}_{p}.{ext}" for m in METHODS for p in PROTOCOLS for ext in ("csv", "json", "png")
+    }
+    assert expected <= {p.name for p in report.iterdir()}
+    assert (run / "config.yaml").is_file() and (run / "logs" / "driver.log").is_file()
+    assert len(list((run / "eval").rglob("*.json"))) == (1 + 2 * 2) * 2  # (c_0 + 2 methods × 2 tasks) × 2 tasks
+
+    metrics = json.loads((report / "metrics.json").read_text())
+    for method in METHODS:
+        summary = json.loads((run / "models" / method / "c_2.train.json").read_text())
+        assert (summary["engine"], summary["world"], summary["zero_stage"], summary["steps"]) == ("DEEPSPEED", 2, 3, 6)
+        for protocol in PROTOCOLS:
+            with open(report / f"matrix_{method}_{protocol}.csv") as f:
+                rows = list(csv.reader(f))
+            assert rows[0] == ["checkpoint", "task 1", "task 2"]
+            assert [r[0] for r in rows[1:]] == ["c_0", "c_1", "c_2"]
+            matrix = [[float(v) for v in r[1:]] for r in rows[1:]]
+            assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
+            data = json.loads((report / f"matrix_{method}_{protocol}.json").read_text())
+            for row_json, row_csv in zip(data["accuracy"], matrix, strict=True):
+                assert row_json == pytest.approx(row_csv, abs=1e-4)
+            assert metrics[method][protocol] == pytest.approx(summarize(data["accuracy"]))
+        assert (report / f"matrix_{method}_knn.png").read_bytes()[:4] == b"\x89PNG"
+    # Row 0 is the one shared initial model: identical for both methods.
+    first_rows = {m: json.loads((report / f"matrix_{m}_knn.json").read_text())["accuracy"][0] for m in METHODS}
+    assert first_rows["sgd"] == first_rows["lpft"]
+
+    out = result.stdout
+    assert "train  sgd task 1/2  step" in out and "train  lpft task 2/2 done" in out
+    assert "eval   lpft/c_2 on tasks 1–2" in out
+    assert "protocol  method  avg acc" in out and "| lpft |" in (report / "report.md").read_text()
+    assert "worker processes have been started" not in out
+
+
+def test_rerunning_reuses_finished_jobs_and_a_changed_config_is_refused(finished_run):
+    tmp_path, _ = finished_run
+    again = crdist_run(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(continuing)" in again.stdout and "already done" in again.stdout
+    assert " step " not in again.stdout  # no training step ran again
+
+    changed = crdist_run(tmp_path, "train.max_steps=7")
+    assert changed.returncode == 1
+    assert "was started with a different config" in changed.stderr and "max_steps" in changed.stderr

@@ -1,0 +1,187 @@
+"""Shards: exact round trip, per-rank streaming without loss or duplication, clear errors."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from crdist.data.manifest import ImageInfo, Manifest, SplitRecord, TaskRecord
+from crdist.data.prepare import PrepareError, prepare
+from crdist.data.samples import decode_pixels, encode_image_sample
+from crdist.data.shards import verify, write_shards
+from crdist.data.sources.digits import load_digits
+from crdist.data.stream import RankStream, StreamError, StreamSpec, read_split
+from tests.conftest import study
+
+
+def raw_samples(urls):
+    return {s["__key__"]: s for s in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())}
+
+
+def test_written_samples_come_back_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [
+        {"__key__": f"s{i:03d}", "png": rng.bytes(int(rng.integers(1, 300))), "cls": str(i % 7).encode()}
+        for i in range(50)
+    ]
+    records = write_shards(tmp_path, "t/train", iter(samples), shard_size=16)
+    assert [r.count for r in records] == [16, 16, 16, 2]
+    back = raw_samples([str(tmp_path / r.path) for r in records])
+    assert sorted(back) == [s["__key__"] for s in samples]
+    for sample in samples:
+        assert back[sample["__key__"]]["png"] == sample["png"]
+        assert back[sample["__key__"]]["cls"] == sample["cls"]
+    # Same samples, same bytes: the manifest hashes are reproducible.
+    again = write_shards(tmp_path / "again", "t/train", iter(samples), shard_size=16)
+    assert [r.sha256 for r in again] == [r.sha256 for r in records]
+
+
+def test_prepared_digits_hold_the_source_pixels_and_labels(digits_shards):
+    manifest = Manifest.load(digits_shards)
+    source = load_digits()
+    assert len(manifest.tasks) == 5
+    seen = 0
+    for task in manifest.tasks:
+        for split_name, split in task.splits.items():
+            samples = raw_samples([manifest.url(s) for s in split.shards])
+            assert len(samples) == split.count
+            for key, sample in samples.items():
+                row = int(key.rsplit("-", 1)[1])
+                label = int(sample["cls"])
+                assert label == source.labels[row] and label in task.classes
+                np.testing.assert_array_equal(decode_pixels(sample, 1), source.images[row])
+            seen += split.count if split_name != "adapt" else 0
+    assert seen == len(source.labels)  # train + test of all tasks = every digit once
+    # adaptation rows are train rows, never test rows
+    for task in manifest.tasks:
+        rows = {s: {k.rsplit("-", 1)[1] for k in raw_samples([manifest.url(x) for x in task.splits[s].shards])}
+                for s in ("train", "test", "adapt")}
+        assert rows["adapt"] <= rows["train"] and not rows["adapt"] & rows["test"]
+        assert task.splits["adapt"].per_class == {str(c): 30 for c in task.classes}
+
+
+def numbered_stream(tmp_path, shard_counts):
+    """One task whose sample i is an 8×8 image filled with value i (so a decoded image names its sample)."""
+    shards, i = [], 0
+    for k, count in enumerate(shard_counts):
+        samples = []
+        for _ in range(count):
+            samples.append(encode_image_sample(f"{i:04d}", np.full((8, 8, 1), i, np.uint8), i % 10))
+            i += 1
+        shards += write_shards(tmp_path, f"task-1/train-{k}", iter(samples), shard_size=count)
+    split = SplitRecord(count=i, per_class={}, shards=shards)
+    manifest = Manifest(
+        benchmark="numbered", crdist_version="test", source={}, params={}, class_names=[str(c) for c in range(10)],
+        image=ImageInfo(channels=1, height=8, width=8, mean=[0.0], std=[1.0]),
+        tasks=[TaskRecord(index=1, name="task-1", classes=list(range(10)), splits={"train": split})],
+    )
+    manifest.root = tmp_path
+    return manifest
+
+
+def ids_per_rank(manifest, world, batch_size, epoch=0, loader_workers=2):
+    ranks = []
+    for rank in range(world):
+        spec = StreamSpec(task=1, split="train", rank=rank, world=world, batch_size=batch_size,
+                          loader_workers=loader_workers, shuffle_buffer=20, seed=0)
+        batches = list(RankStream(manifest, spec).batches(epoch))
+        assert all(len(y) == batch_size for _, y in batches)
+        ranks.append([round(v) for x, _ in batches for v in (x[:, 0, 0, 0] * 255).tolist()])
+    return ranks
+
+
+def test_two_ranks_two_loader_workers_see_every_sample_once_in_equal_batches(tmp_path):
+    manifest = numbered_stream(tmp_path, [12] * 8)  # 96 samples, 4 shards per rank, 2 per loader worker
+    ranks = ids_per_rank(manifest, world=2, batch_size=8)
+    assert len(ranks[0]) == len(ranks[1]) == 48  # 6 batches each
+    assert sorted(ranks[0] + ranks[1]) == list(range(96))  # nothing lost, nothing duplicated
+    assert ids_per_rank(manifest, world=2, batch_size=8) == ranks  # deterministic
+    assert ids_per_rank(manifest, world=2, batch_size=8, epoch=1) != ranks  # reshuffled per epoch
+
+
+def test_uneven_shards_still_give_every_rank_the_same_number_of_batches(tmp_path):
+    manifest = numbered_stream(tmp_path, [12] * 6 + [5])  # ranks hold 41 and 36 (or 48 and 29) samples
+    ranks = ids_per_rank(manifest, world=2, batch_size=8)
+    assert len(ranks[0]) == len(ranks[1])
+    assert len(set(ranks[0] + ranks[1])) == len(ranks[0]) + len(ranks[1])  # no duplicates
+    spec = StreamSpec(task=1, split="train", rank=0, world=2, batch_size=8, loader_workers=2, shuffle_buffer=20, seed=0)
+    assert len(ranks[0]) == 8 * RankStream(manifest, spec).steps_in_epoch(0)
+
+
+def test_a_truncated_shard_is_named_in_the_error(tmp_path):
+    manifest = numbered_stream(tmp_path, [12] * 2)
+    shard = tmp_path / manifest.tasks[0].splits["train"].shards[1].path
+    shard.write_bytes(shard.read_bytes()[:700])
+    with pytest.raises(StreamError, match=str(shard)):
+        read_split(manifest, 1, "train")
+    assert any(str(shard) in problem for problem in verify(manifest))
+
+
+def test_a_corrupt_image_is_named_in_the_error(tmp_path):
+    manifest = numbered_stream(tmp_path, [4, 4])
+    shard = tmp_path / manifest.tasks[0].splits["train"].shards[0].path
+    members = []
+    with tarfile.open(shard) as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            members.append((member, b"not a png" if member.name.endswith(".png") else data))
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(Exception, match=rf"{shard}.*cannot decode image"):
+        read_split(manifest, 1, "train")
+
+
+def test_preparing_twice_reuses_and_a_half_written_preparation_is_not_mistaken(tmp_path):
+    data = study(data={"shards": str(tmp_path / "digits"), "tasks": 2}).data
+    prepare(data, log=lambda line: None)
+    manifest_mtime = (tmp_path / "digits" / "manifest.json").stat().st_mtime_ns
+    lines = []
+    prepare(data, log=lines.append)
+    assert lines == [f"reusing prepared shards in {tmp_path / 'digits'}"]
+    assert (tmp_path / "digits" / "manifest.json").stat().st_mtime_ns == manifest_mtime
+    # A preparation killed midway leaves only a hidden partial directory, never the target.
+    (tmp_path / "digits2").mkdir()
+    (tmp_path / "digits2" / "task-1").mkdir()
+    with pytest.raises(PrepareError, match="holds no manifest.json"):
+        prepare(study(data={"shards": str(tmp_path / "digits2")}).data, log=lambda line: None)
+    # Asking for a different preparation in the same place is refused, naming what differs.
+    with pytest.raises(PrepareError, match="tasks: 2 there, 3 asked"):
+        prepare(study(data={"shards": str(tmp_path / "digits"), "tasks": 3}).data, log=lambda line: None)
+
+
+KILLED_MIDWAY = """
+import os, signal, sys
+import crdist.data.prepare as prepare_module
+from crdist.config import from_dict
+from crdist.study import StudyConfig
+
+real_write = prepare_module.write_shards
+written = []
+def write_then_die(*args, **kwargs):
+    written.append(1)
+    if len(written) == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a preemption would: no cleanup runs
+    return real_write(*args, **kwargs)
+prepare_module.write_shards = write_then_die
+prepare_module.prepare(from_dict(StudyConfig, {"data": {"shards": sys.argv[1]}}).data)
+"""
+
+
+def test_a_killed_preparation_never_looks_finished_and_a_rerun_completes_it(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "digits"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MIDWAY, str(out)], capture_output=True, timeout=120)
+    assert killed.returncode == -9
+    assert not out.exists()
+    partials = list(tmp_path.glob(".digits.partial-*"))
+    assert len(partials) == 1 and not (partials[0] / "manifest.json").exists()
+
+    manifest = prepare(study(data={"shards": str(out)}).data, log=lambda line: None)
+    assert len(manifest.tasks) == 5 and verify(manifest) == []
+    assert list(tmp_path.glob(".digits.partial-*")) == []  # the dead process's leftovers are cleaned up
