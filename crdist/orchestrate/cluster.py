@@ -47,7 +47,7 @@ def ray_cluster(study, address: str | None, say) -> Iterator[str]:
     address = address or study.cluster.address
     train, evaluate = study.train, study.evaluate
     needed = train.workers * train.cpus_per_worker
-    logging.getLogger("ray").addFilter(_quiet_token_notice)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet_token_notice)
     _quiet_worker_startup_notices()
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

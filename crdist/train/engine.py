@@ -4,6 +4,8 @@ Facts this module encodes (accelerate 1.15, deepspeed 0.19, no CUDA):
 - ``Accelerator(cpu=True, ...)`` silently drops DeepSpeed, so it is never passed; without a gloo
   ``InitProcessGroupKwargs`` Accelerate counts one process and DeepSpeed's batch check fails.
 - ``train_micro_batch_size_per_gpu`` must be explicit: data never goes through ``prepare``.
+- Accelerate's DeepSpeed plugin checks the installed transformers version on start, so
+  transformers must be installed even for vision-only studies.
 - ZeRO-3 only consolidates weights on save with ``stage3_gather_16bit_weights_on_model_save``;
   in fp32 training the gathered weights are fp32 despite the key's name.
 """

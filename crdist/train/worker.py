@@ -7,6 +7,7 @@ RANK / WORLD_SIZE / MASTER_ADDR environment). All ranks run exactly the same num
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,10 +62,18 @@ Reporter = Callable[[dict], None]
 
 def train_task(job: TrainJob, report: Reporter = lambda event: None) -> TaskResult:
     cfg = job.study
-    world = _world_size()
-    accelerator = make_accelerator(cfg.train, world)
-    rank = accelerator.process_index
+    world, rank = _world_and_rank()
     _log_to_file(Path(job.log_dir) / f"{job.method}-task{job.task}-rank{rank}.log")
+    try:
+        return _train(job, report, world, rank)
+    except Exception:
+        log.exception("%s failed on rank %d", job.label, rank)
+        raise
+
+
+def _train(job: TrainJob, report: Reporter, world: int, rank: int) -> TaskResult:
+    cfg = job.study
+    accelerator = make_accelerator(cfg.train, world)
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.seed * 1000 + job.task * 10 + rank)
 
@@ -179,12 +188,12 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def _world_size() -> int:
-    import os
-
+def _world_and_rank() -> tuple[int, int]:
+    """From the process group when the launcher made one (Ray Train), else from the environment
+    that Accelerate will use to make it."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
 
 
 def _log_to_file(path: Path) -> None:
