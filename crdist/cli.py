@@ -124,7 +124,7 @@ def _report(args) -> int:
 
     run = RunDir(args.run_dir)
     study = from_dict(StudyConfig, yaml.safe_load(run.config_file.read_text()), source=str(run.config_file))
-    summary = write_report(run, study, Manifest.load(study.data.shards))
+    summary = write_report(run, study, Manifest.load(study.data.shards_dir()))
     print(f"report written to {summary.directory}\n\n{summary.table}")
     return 0
 

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from crdist.config import require
 
@@ -11,7 +14,9 @@ class DataConfig:
     # Where the raw dataset lives (unused by seq-digits, which ships with scikit-learn).
     root: str | None = None
     # Directory of prepared shards plus manifest.json; prepared on first use, reused after.
-    shards: str = "shards/seq-digits"
+    # null = shards/<benchmark>-<hash of the options below>, so changing an option never
+    # collides with an earlier preparation.
+    shards: str | None = None
     tasks: int = 5
     classes_per_task: int = 2
     # Class order of the stream; null = 0, 1, 2, ...
@@ -24,6 +29,19 @@ class DataConfig:
     seed: int = 0
     # Samples per tar shard: small enough that every rank and loader worker gets shards.
     shard_size: int = 32
+
+    def content_params(self) -> dict:
+        """Every option that determines what the shards contain (not where they are)."""
+        params = asdict(self)
+        params.pop("shards")
+        params.pop("root")
+        return params
+
+    def shards_dir(self) -> Path:
+        if self.shards is not None:
+            return Path(self.shards)
+        digest = hashlib.sha256(json.dumps(self.content_params(), sort_keys=True).encode()).hexdigest()[:8]
+        return Path("shards") / f"{self.benchmark}-{digest}"
 
     def validate(self) -> None:
         from crdist.data.benchmarks import BENCHMARKS

@@ -10,7 +10,6 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +29,8 @@ class PrepareError(RuntimeError):
 
 
 def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
-    out = Path(cfg.shards)
-    params = _params(cfg)
+    out = cfg.shards_dir()
+    params = cfg.content_params()
     if (out / FILENAME).is_file():
         return _reuse(out, params, log)
     if out.exists() and any(out.iterdir()):
@@ -59,13 +58,6 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
     total = sum(s.count for t in manifest.tasks for name, s in t.splits.items() if name != "adapt")
     log(f"prepared {cfg.benchmark} in {seconds:.1f} s ({total / seconds:,.0f} samples/s) → {out}")
     return manifest
-
-
-def _params(cfg: DataConfig) -> dict:
-    params = asdict(cfg)
-    params.pop("shards")
-    params.pop("root")
-    return params
 
 
 def _reuse(out: Path, params: dict, log: Callable[[str], None]) -> Manifest:

@@ -66,7 +66,9 @@ def _write_csv(path: Path, matrix: list[list[float]]) -> None:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.3f}" if value < 0 else f"{value:.3f}"
+    if value is None:
+        return "n/a"
+    return f"{round(value, 3) + 0.0:.3f}"  # + 0.0 turns a rounded -0.0 into 0.0
 
 
 def comparison_table(metrics: dict, methods: list[str], protocols: list[str]) -> str:
