@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from crdist.config import ConfigError
+from crdist.errors import CrdistError
+
 DEFAULT_CONFIG = "configs/demo.yaml"
 
 
@@ -20,26 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crdist: interrupted; finished jobs are kept in the run directory", file=sys.stderr)
         return 130
-    except Exception as err:
-        if type(err).__name__ not in _USER_ERRORS:
-            raise
+    except CrdistError as err:
         print(f"crdist: error: {err}", file=sys.stderr)
-        return 2 if type(err).__name__ == "ConfigError" else 1
-
-
-# Errors that describe bad input or a failed job: shown as one message, without a traceback.
-_USER_ERRORS = {
-    "ConfigError",
-    "PrepareError",
-    "ManifestError",
-    "StudyError",
-    "RunDirError",
-    "ClusterError",
-    "WeightsError",
-    "ReportError",
-    "StreamError",
-    "SampleError",
-}
+        return 2 if isinstance(err, ConfigError) else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,12 +89,14 @@ def _default_config() -> Path:
 
 
 def _run(args) -> int:
+    from crdist.config import from_dict, to_dict
     from crdist.orchestrate.driver import run_study
-    from crdist.study import load_study
+    from crdist.study import StudyConfig, load_study
 
     path = Path(args.config) if args.config else _default_config()
-    overrides = args.overrides + ([f"name={args.name}"] if args.name else [])
-    study = load_study(path, overrides)
+    study = load_study(path, args.overrides)
+    if args.name:
+        study = from_dict(StudyConfig, {**to_dict(study), "name": args.name}, source="--name")
     run_study(study, str(path), address=args.address)
     return 0
 
@@ -118,20 +106,20 @@ def _report(args) -> int:
 
     from crdist.config import from_dict
     from crdist.data.manifest import Manifest
-    from crdist.orchestrate.rundir import RunDir
+    from crdist.orchestrate.rundir import RunDir, RunDirError
     from crdist.report.write import write_report
     from crdist.study import StudyConfig
 
     run = RunDir(args.run_dir)
+    if not run.config_file.is_file():
+        raise RunDirError(f"{args.run_dir}: not a crdist run directory (it has no config.yaml)")
     study = from_dict(StudyConfig, yaml.safe_load(run.config_file.read_text()), source=str(run.config_file))
-    summary = write_report(run, study, Manifest.load(study.data.shards_dir()))
+    summary = write_report(run, study, Manifest.load(run.root))  # the stream's manifest, copied at start
     print(f"report written to {summary.directory}\n\n{summary.table}")
     return 0
 
 
 def _prepare(args) -> int:
-    import yaml
-
     from crdist.config import from_dict
     from crdist.data.config import DataConfig
     from crdist.data.manifest import Manifest
@@ -152,11 +140,8 @@ def _prepare(args) -> int:
         print("crdist prepare: give BENCHMARK and --out DIR, or --verify DIR", file=sys.stderr)
         return 2
     raw = {"benchmark": args.benchmark, "shards": str(args.out), "root": args.root}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        raw[key.removeprefix("data.")] = yaml.safe_load(value)
-    config = from_dict(DataConfig, raw, source="crdist prepare")
-    prepare(config)
+    overrides = [item.removeprefix("data.") for item in args.overrides]
+    prepare(from_dict(DataConfig, raw, source="crdist prepare", overrides=overrides))
     return 0
 
 

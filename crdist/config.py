@@ -19,8 +19,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from crdist.errors import CrdistError
 
-class ConfigError(ValueError):
+
+class ConfigError(CrdistError, ValueError):
     """A configuration that cannot run; the message names the key and its source."""
 
 
@@ -49,22 +51,20 @@ def load(cls: type, path: str | Path, overrides: typing.Sequence[str] = ()) -> A
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return from_dict(cls, raw, str(path), overrides)
+
+
+def from_dict(cls: type, raw: dict, source: str = "<dict>", overrides: typing.Sequence[str] = ()) -> Any:
+    """Build a checked ``cls`` from ``raw`` (read from ``source``) with ``key.sub=value`` overrides."""
+    raw = dict(raw)
     origins: dict[str, str] = {}
     for item in overrides:
         _apply_override(raw, item, origins)
-    return _Builder(str(path), origins).build(cls, raw, "")
-
-
-def from_dict(cls: type, raw: dict, source: str = "<dict>") -> Any:
-    return _Builder(source, {}).build(cls, raw, "")
+    return _Builder(source, origins).build(cls, raw, "")
 
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
-
-
-def dump(config: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _apply_override(raw: dict, item: str, origins: dict[str, str]) -> None:
@@ -79,10 +79,11 @@ def _apply_override(raw: dict, item: str, origins: dict[str, str]) -> None:
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        child = node.get(part, {})
         if not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
             raise ConfigError(f"--set {item}: {where} is a value, not a section")
+        node[part] = child = dict(child)  # copy: never modify the caller's mapping
         node = child
     node[parts[-1]] = value
     origins[key] = f"--set {item}"

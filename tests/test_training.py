@@ -22,8 +22,12 @@ def _rank_main(rank: int, job: TrainJob, port: int, events_path: str) -> None:
             json.dump(events, f)
 
 
-def train_on_two_ranks(tmp_path, shards, method: str, **train) -> tuple[list[dict], TrainJob]:
-    cfg = study(data={"shards": str(shards)}, train={"methods": [method], "log_every": 1, **train}, lpft={"probe_fraction": 1.0})
+def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **train) -> tuple[list[dict], TrainJob]:
+    cfg = study(
+        data={"shards": str(shards)},
+        train={"methods": [method], "log_every": 1, **train},
+        lpft={"probe_fraction": probe_fraction, "probe_lr": 0.01},
+    )
     c0 = tmp_path / "c_0.safetensors"
     save_weights(build_classifier(cfg.model.backbone, 1, 10, cfg.seed).state_dict(), c0)
     job = TrainJob(study=cfg, method=method, task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
@@ -54,3 +58,16 @@ def test_lpft_probe_trains_the_head_and_leaves_the_backbone_bit_identical(tmp_pa
     backbone = [k for k in before if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BatchNorm stats
     assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_lpft_switches_from_probe_to_finetuning_with_a_restarted_schedule(tmp_path, digits_shards, deepspeed_cpu_op):
+    events, job = train_on_two_ranks(tmp_path, digits_shards, "lpft", probe_fraction=0.5, zero_stage=2, epochs=2)
+    phases = [e["phase"] for e in events]
+    probe = phases.count("probe")
+    assert probe == round(0.5 * len(events)) and phases == ["probe"] * probe + ["finetune"] * (len(events) - probe)
+    # The probe's cosine schedule has decayed; fine-tuning starts again at its own peak, train.lr.
+    assert events[probe - 1]["lr"] < 0.01 * 0.1
+    assert events[probe]["lr"] == job.study.train.lr
+    before, after = load_weights(job.init_weights), load_weights(job.output)
+    assert not torch.equal(before["backbone.0.weight"], after["backbone.0.weight"])
+    assert not torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"])  # BN trains again

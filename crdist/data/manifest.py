@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from crdist.atomic import write_json
+from crdist.errors import CrdistError
 
 FORMAT = "crdist-shards/1"
 FILENAME = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(CrdistError, ValueError):
     pass
 
 
@@ -47,7 +48,9 @@ class ImageInfo:
     channels: int
     height: int
     width: int
-    mean: list[float]  # per channel, over every train image of the stream, in [0, 1]
+    # Per channel, in [0, 1], over the train images of every task: one fixed normalisation for the
+    # whole stream (as the usual CIFAR constants are), so a checkpoint sees the same inputs on every task.
+    mean: list[float]
     std: list[float]
 
 

@@ -6,8 +6,10 @@ written, so a killed preparation never leaves a directory that looks finished; a
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -22,10 +24,14 @@ from crdist.data.manifest import FILENAME, ImageInfo, Manifest, SplitRecord, Tas
 from crdist.data.samples import encode_image_sample
 from crdist.data.shards import verify, write_shards
 from crdist.data.tasks import SPLITS
+from crdist.errors import CrdistError
 
 
-class PrepareError(RuntimeError):
+class PrepareError(CrdistError, RuntimeError):
     pass
+
+
+_HOST = socket.gethostname().replace("-", "_")
 
 
 def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
@@ -40,16 +46,18 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
         )
     _remove_stale_partials(out)
     started = time.perf_counter()
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out.parent / f".{out.name}.partial-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         manifest = _build(cfg, params, tmp)
         if out.exists():
-            out.rmdir()  # empty, checked above
+            out.rmdir()  # empty, checked above (or filled meanwhile: ENOTEMPTY below)
         os.rename(tmp, out)
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        return _reuse(out, params, log)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.EEXIST, errno.ENOTEMPTY) and (out / FILENAME).is_file():
+            return _reuse(out, params, log)  # another process finished the same preparation first
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -118,12 +126,15 @@ def _build(cfg: DataConfig, params: dict, directory: Path) -> Manifest:
 
 
 def _remove_stale_partials(out: Path) -> None:
-    """Remove partial builds left by killed preparations (their process no longer exists)."""
+    """Remove partial builds left by killed preparations on this host (their process is gone).
+
+    Partials of other hosts (shared storage) are left alone: their process may be alive.
+    """
     if not out.parent.is_dir():
         return
-    for partial in out.parent.glob(f".{out.name}.partial-*"):
+    for partial in out.parent.glob(f".{out.name}.partial-{_HOST}-*"):
         try:
-            pid = int(partial.name.rsplit(".partial-", 1)[1].split("-")[0])
+            pid = int(partial.name.removeprefix(f".{out.name}.partial-{_HOST}-").split("-")[0])
             os.kill(pid, 0)
         except ProcessLookupError:
             shutil.rmtree(partial, ignore_errors=True)

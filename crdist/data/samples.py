@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from crdist.errors import CrdistError
 
-class SampleError(ValueError):
+
+class SampleError(CrdistError, ValueError):
     """A shard member that cannot be decoded; the message names the shard and the sample."""
 
 

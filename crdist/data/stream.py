@@ -6,7 +6,7 @@ worker), never through ``accelerator.prepare``, which would shard a second time.
 Each epoch the shard list is permuted by (seed, task, epoch); rank r takes every world-th shard,
 and its loader workers split those again. Every rank can compute from the manifest alone how many
 samples every other rank holds, so all ranks stop after the same number of batches
-(``steps_in_epoch``) and no collective waits on a rank that ran dry.
+(``RankStream.steps_in_epoch``) and no collective waits on a rank that ran dry.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import webdataset as wds
 
 from crdist.data.manifest import Manifest, ShardRecord
 from crdist.data.samples import ImageDecoder, SampleError, collate
+from crdist.errors import CrdistError
 
 
 _LOADER_CONTEXT = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-class StreamError(RuntimeError):
+class StreamError(CrdistError, RuntimeError):
     pass
 
 
@@ -53,8 +54,7 @@ def rank_shards(order: list[ShardRecord], rank: int, world: int) -> list[ShardRe
     return order[rank::world]
 
 
-def steps_in_epoch(shards: list[ShardRecord], spec: StreamSpec, epoch: int) -> int:
-    """Full batches the poorest rank can fill this epoch; every rank runs exactly this many."""
+def _full_batches_of_poorest_rank(shards: list[ShardRecord], spec: StreamSpec, epoch: int) -> int:
     order = epoch_order(shards, spec.seed, spec.task, epoch)
     return min(sum(s.count for s in rank_shards(order, r, spec.world)) // spec.batch_size for r in range(spec.world))
 
@@ -75,7 +75,8 @@ class RankStream:
         self.decode = ImageDecoder(info.channels, info.mean, info.std)
 
     def steps_in_epoch(self, epoch: int) -> int:
-        return steps_in_epoch(self.shards, self.spec, epoch)
+        """Full batches the poorest rank can fill this epoch; every rank runs exactly this many."""
+        return _full_batches_of_poorest_rank(self.shards, self.spec, epoch)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Exactly ``steps_in_epoch(epoch)`` batches of ``batch_size`` samples."""
@@ -106,7 +107,20 @@ class RankStream:
             # would otherwise spawn its loaders too, and each would re-import torch for seconds.
             multiprocessing_context=_LOADER_CONTEXT if spec.loader_workers else None,
         )
-        return islice(rebatch(loader, spec.batch_size), steps)
+        return _exactly(islice(rebatch(loader, spec.batch_size), steps), steps, f"rank {spec.rank}, task "
+                        f"{spec.task} {spec.split}, epoch {epoch}")
+
+
+def _exactly(batches: Iterator, steps: int, where: str) -> Iterator:
+    """Fail loudly if the shards hold fewer samples than the manifest says: a rank that ran short
+    would otherwise leave the other ranks waiting forever in a collective."""
+    produced = 0
+    for batch in batches:
+        produced += 1
+        yield batch
+    if produced < steps:
+        raise StreamError(f"{where}: got {produced} batches, expected {steps}; the shards hold fewer samples "
+                          "than their manifest lists (check them with crdist prepare --verify)")
 
 
 def rebatch(batches, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

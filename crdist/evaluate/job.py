@@ -18,6 +18,7 @@ from crdist.evaluate.context import EvalContext
 from crdist.evaluate.protocols import PROTOCOLS
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into
+from crdist.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         test_images=test_images,
         test_labels=_task_local(test_labels, classes),
         num_classes=len(classes),
-        seed=cfg.seed * 100_003 + job.row * 1_009 + job.task,
+        seed=_eval_seed(cfg.seed, job.row, job.task),
         config=cfg.evaluate,
     )
     accuracy = {name: PROTOCOLS.get(name)(context) for name in cfg.evaluate.protocols}
@@ -68,6 +69,12 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
     }
     write_json(Path(job.output), result)
     return result
+
+
+def _eval_seed(seed: int, row: int, task: int) -> int:
+    # The same for every method at (row, task), so methods are compared on the same draws;
+    # 31 bits because scikit-learn wants a 32-bit seed.
+    return derive_seed(seed, "eval", row, task) % 2**31
 
 
 def _task_local(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:

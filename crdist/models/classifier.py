@@ -15,9 +15,6 @@ class Classifier(nn.Module):
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
     def forward(self, x: torch.Tensor, freeze_backbone: bool = False) -> torch.Tensor:
         if freeze_backbone:
             # No graph through the backbone: its parameters get no gradient at all.

@@ -14,9 +14,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from crdist.atomic import atomic_path
+from crdist.errors import CrdistError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CrdistError, RuntimeError):
     pass
 
 

@@ -8,8 +8,10 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from crdist.errors import CrdistError
 
-class ClusterError(RuntimeError):
+
+class ClusterError(CrdistError, RuntimeError):
     pass
 
 

@@ -1,19 +1,18 @@
-"""What the driver tells the user: timestamped lines on the terminal, copied to logs/driver.log."""
+"""What the driver tells the user: timestamped lines on the terminal, copied to logs/driver.log,
+and every progress event as a JSON line in logs/events.jsonl."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 
 class Console:
-    def __init__(self, log_dir: Path | None = None, stream=None):
+    def __init__(self, log_dir: Path):
         self.started = time.monotonic()
-        self.stream = stream or sys.stdout
-        self.log = open(log_dir / "driver.log", "a") if log_dir else None
-        self.events = open(log_dir / "events.jsonl", "a") if log_dir else None
+        self.log = open(log_dir / "driver.log", "a")
+        self.events = open(log_dir / "events.jsonl", "a")
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -21,24 +20,26 @@ class Console:
     def print(self, message: str = "") -> None:
         for line in message.splitlines() or [""]:
             stamped = f"[{self.elapsed():5.0f}s] {line}"
-            print(stamped, file=self.stream, flush=True)
-            if self.log:
-                self.log.write(stamped + "\n")
-                self.log.flush()
+            print(stamped, flush=True)
+            self._log(stamped)
 
     def plain(self, text: str) -> None:
-        """Unstamped block (tables)."""
-        print(text, file=self.stream, flush=True)
-        if self.log:
-            self.log.write(text + "\n")
-            self.log.flush()
+        """An unstamped block (a table)."""
+        print(text, flush=True)
+        self._log(text)
+
+    def log_only(self, message: str) -> None:
+        """Into driver.log but not the terminal (e.g. the final error, which the CLI prints)."""
+        self._log(f"[{self.elapsed():5.0f}s] {message}")
 
     def record(self, event: dict) -> None:
-        if self.events:
-            self.events.write(json.dumps({"t": round(self.elapsed(), 3), **event}) + "\n")
-            self.events.flush()
+        self.events.write(json.dumps({"t": round(self.elapsed(), 3), **event}) + "\n")
+        self.events.flush()
 
     def close(self) -> None:
-        for f in (self.log, self.events):
-            if f:
-                f.close()
+        self.log.close()
+        self.events.close()
+
+    def _log(self, text: str) -> None:
+        self.log.write(text + "\n")
+        self.log.flush()

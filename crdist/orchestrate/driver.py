@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import math
 import queue
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crdist.data.manifest import Manifest
 from crdist.data.prepare import prepare
+from crdist.data.stream import RankStream, StreamSpec
+from crdist.errors import CrdistError
 from crdist.evaluate.job import EvalJob
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
@@ -28,27 +31,40 @@ from crdist.orchestrate.rundir import RunDir
 from crdist.train.worker import TrainJob
 
 
-class StudyError(RuntimeError):
+class StudyError(CrdistError, RuntimeError):
     pass
 
 
-def run_study(study, config_source: str, address: str | None = None, console: Console | None = None):
+def run_study(study, config_source: str, address: str | None = None):
     """Run every job of ``study`` and write its report; returns the report summary."""
-    from crdist.report.write import write_report
-
     run = RunDir(Path(study.runs_dir) / study.name)
     resumed = run.open(study)
-    console = console or Console(run.logs)
-    train = study.train
-    console.print(f"crdist run {study.name}: config {config_source} → {run.root}{' (continuing)' if resumed else ''}")
+    console = Console(run.logs)
+    try:
+        console.print(f"crdist run {study.name}: config {config_source} → {run.root}{' (continuing)' if resumed else ''}")
+        return _run(study, run, address, console)
+    except CrdistError as err:
+        console.log_only(f"error  {err}")
+        if err.__cause__ is not None:  # the full story behind a failed job, for the log only
+            console.log_only("".join(traceback.format_exception(err.__cause__)))
+        raise
+    finally:
+        console.close()
 
+
+def _run(study, run: RunDir, address: str | None, console: Console):
+    from crdist.report.write import write_report
+
+    train = study.train
     manifest = prepare(study.data, log=lambda line: console.print(f"data   {line}"))
+    manifest.save(run.root)  # a copy, so the report can be rebuilt from the run directory alone
     console.print(f"data   {_describe_stream(manifest)}")
+    steps = _steps_per_task(study, manifest)
     _write_initial_model(study, manifest, run, console)
     console.print(
         f"plan   {len(train.methods)} method(s) [{', '.join(train.methods)}] × {len(manifest.tasks)} tasks = "
-        f"{len(train.methods) * len(manifest.tasks)} train jobs ({train.workers} workers, ZeRO-{train.zero_stage}, "
-        f"{train.epochs} epoch(s){f', ≤ {train.max_steps} steps' if train.max_steps else ''} per task); "
+        f"{len(train.methods) * len(manifest.tasks)} train jobs of {_describe_steps(steps)} "
+        f"({train.workers} workers × batch {train.batch_size}, ZeRO-{train.zero_stage}); "
         f"{_eval_count(study, manifest)} eval jobs [{', '.join(study.evaluate.protocols)}]"
     )
     with ray_cluster(study, address, console.print):
@@ -71,23 +87,47 @@ def _describe_stream(manifest: Manifest) -> str:
     )
 
 
+def _steps_per_task(study, manifest: Manifest) -> dict[int, int]:
+    """Steps each task's job will run, computed as every worker will; fails before any job starts
+    when a task cannot give every worker at least one batch."""
+    train = study.train
+    steps = {}
+    for task in manifest.tasks:
+        spec = StreamSpec(task.index, "train", 0, train.workers, train.batch_size, 0, 1, study.seed)
+        stream = RankStream(manifest, spec)  # checks that every worker gets shards
+        per_epoch = [stream.steps_in_epoch(e) for e in range(train.epochs)]
+        if min(per_epoch) == 0:
+            raise StudyError(
+                f"task {task.index}: with {train.workers} workers × batch {train.batch_size}, some worker holds "
+                f"less than one batch in an epoch; lower train.batch_size or train.workers"
+            )
+        steps[task.index] = min(sum(per_epoch), train.max_steps or sum(per_epoch))
+    return steps
+
+
+def _describe_steps(steps: dict[int, int]) -> str:
+    low, high = min(steps.values()), max(steps.values())
+    return f"{low} steps" if low == high else f"{low}–{high} steps"
+
+
 def _eval_count(study, manifest: Manifest) -> int:
     return (1 + len(study.train.methods) * len(manifest.tasks)) * len(manifest.tasks)
 
 
 def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console) -> None:
+    path = run.weights(None, 0)
     model = build_classifier(study.model.backbone, manifest.image.channels, manifest.num_classes, study.seed)
     source = f"random (seed {study.seed})"
     if study.model.init:
-        load_into(model, study.model.init, backbone_only=True)
         source = study.model.init
+        if not path.is_file():  # once written, c_0 is the source of truth, even if init moves
+            load_into(model, study.model.init, backbone_only=True)
     params = sum(p.numel() for p in model.parameters())
     console.print(
         f"model  {study.model.backbone} ({params / 1e6:.2f} M parameters), init: {source}; "
         f"head: {study.model.head} — one linear layer over all {manifest.num_classes} classes"
         + (", each task's loss masked to its own classes" if study.model.head == "per_task" else ", never re-initialised")
     )
-    path = run.weights(None, 0)
     if not path.is_file():
         save_weights(model.state_dict(), path, metadata={"checkpoint": "c_0"})
 
@@ -253,11 +293,20 @@ class Scheduler:
             )
 
 
-def _root_cause(err: Exception) -> str:
-    cause = err
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+def _root_cause(err: BaseException) -> str:
+    """The innermost error behind Ray's wrappers (task errors, Ray Train's worker-group error)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        failures = getattr(err, "worker_failures", None)  # ray.train.WorkerGroupError: rank → error
+        if failures:
+            rank = min(failures)
+            return f"rank {rank}: {_root_cause(failures[rank])}"
+        inner = getattr(err, "cause", None) or err.__cause__
+        if inner is None:
+            break
+        err = inner
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:
+        return text.splitlines()[-1]  # a re-raised error (e.g. from a loader process): its last line
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

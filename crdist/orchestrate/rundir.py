@@ -19,9 +19,10 @@ import yaml
 
 from crdist import config
 from crdist.atomic import write_text
+from crdist.errors import CrdistError
 
 
-class RunDirError(RuntimeError):
+class RunDirError(CrdistError, RuntimeError):
     pass
 
 
@@ -59,26 +60,37 @@ class RunDir:
         return "c_0" if row == 0 else f"{method}/c_{row}"
 
     def open(self, study) -> bool:
-        """Create the run directory, or accept an existing one started with the same config.
+        """Create the run directory, or accept an existing one whose config gives the same results.
 
         Returns True when the directory already existed (finished jobs are then reused).
         """
-        wanted = yaml.safe_dump(config.to_dict(study), sort_keys=False)
+        wanted = config.to_dict(study)
         if self.config_file.is_file():
-            existing = self.config_file.read_text()
-            if existing != wanted:
-                diff = "".join(
-                    list(difflib.unified_diff(existing.splitlines(True), wanted.splitlines(True), "existing", "new"))[
-                        2:40
-                    ]
-                )
+            existing = yaml.safe_load(self.config_file.read_text())
+            before, after = _results_part(existing), _results_part(wanted)
+            if before != after:
+                lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True), "existing", "new")
                 raise RunDirError(
                     f"{self.root} was started with a different config; refusing to mix results. "
-                    f"Use another --name, or delete the directory to start over. Differences:\n{diff}"
+                    f"Use another --name, or delete the directory to start over. Differences:\n"
+                    + "".join(list(lines)[2:40])
                 )
             return True
-        self.root.mkdir(parents=True, exist_ok=True)
         for folder in (self.logs, self.report, self.root / "models", self.root / "eval"):
             folder.mkdir(parents=True, exist_ok=True)
-        write_text(self.config_file, wanted)
+        write_text(self.config_file, yaml.safe_dump(wanted, sort_keys=False))
         return False
+
+
+# Settings that change where and how a run executes but not its results: a rerun may change them.
+_EXECUTION_ONLY = (("cluster",), ("runs_dir",), ("train", "log_every"))
+
+
+def _results_part(study: dict) -> str:
+    trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in study.items()}
+    for path in _EXECUTION_ONLY:
+        node = trimmed
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return yaml.safe_dump(trimmed, sort_keys=False)

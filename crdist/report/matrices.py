@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+from crdist.errors import CrdistError
 from crdist.orchestrate.rundir import RunDir
 
 
-class ReportError(RuntimeError):
+class ReportError(CrdistError, RuntimeError):
     pass
 
 

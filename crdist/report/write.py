@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from crdist.atomic import atomic_path, write_json, write_text
 from crdist.data.manifest import Manifest
 from crdist.evaluate.metrics import summarize
 from crdist.orchestrate.rundir import RunDir
@@ -36,33 +37,33 @@ def write_report(run: RunDir, study, manifest: Manifest) -> ReportSummary:
     metrics: dict = {m: {} for m in methods}
     for (method, protocol), matrix in matrices.items():
         stem = f"matrix_{method}_{protocol}"
-        _write_csv(out / f"{stem}.csv", matrix)
-        (out / f"{stem}.json").write_text(
-            json.dumps(
-                {
-                    "method": method,
-                    "protocol": protocol,
-                    "rows": [f"c_{i}" for i in range(tasks + 1)],
-                    "columns": [f"task {j}" for j in range(1, tasks + 1)],
-                    "accuracy": matrix,
-                },
-                indent=1,
-            )
+        write_text(out / f"{stem}.csv", _csv(matrix))
+        write_json(
+            out / f"{stem}.json",
+            {
+                "method": method,
+                "protocol": protocol,
+                "rows": [f"c_{i}" for i in range(tasks + 1)],
+                "columns": [f"task {j}" for j in range(1, tasks + 1)],
+                "accuracy": matrix,
+            },
         )
-        heatmap(matrix, f"{study.name}: {method}, {protocol}", out / f"{stem}.png")
+        with atomic_path(out / f"{stem}.png") as tmp:
+            heatmap(matrix, f"{study.name}: {method}, {protocol}", tmp)
         metrics[method][protocol] = summarize(matrix)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_json(out / "metrics.json", metrics)
     table = comparison_table(metrics, methods, protocols)
-    (out / "report.md").write_text(_markdown(study, manifest, metrics, matrices, methods, protocols))
+    write_text(out / "report.md", _markdown(study, manifest, metrics, matrices, methods, protocols))
     return ReportSummary(out, metrics, table)
 
 
-def _write_csv(path: Path, matrix: list[list[float]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["checkpoint"] + [f"task {j + 1}" for j in range(len(matrix[0]))])
-        for i, row in enumerate(matrix):
-            writer.writerow([f"c_{i}"] + [f"{v:.4f}" for v in row])
+def _csv(matrix: list[list[float]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["checkpoint"] + [f"task {j + 1}" for j in range(len(matrix[0]))])
+    for i, row in enumerate(matrix):
+        writer.writerow([f"c_{i}"] + [f"{v:.4f}" for v in row])
+    return buffer.getvalue()
 
 
 def _fmt(value: float | None) -> str:

@@ -40,7 +40,8 @@ def make_accelerator(cfg: TrainConfig, world: int):
     from accelerate import Accelerator, DeepSpeedPlugin
     from accelerate.utils import InitProcessGroupKwargs
 
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    # On GPUs the process group is NCCL (made by Ray Train or from the environment).
+    handlers = [] if cfg.use_gpu else [InitProcessGroupKwargs(backend="gloo")]
     return Accelerator(
         deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, world)),
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",

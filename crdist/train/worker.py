@@ -18,9 +18,10 @@ import torch
 from crdist.atomic import write_json
 from crdist.data.manifest import Manifest
 from crdist.data.stream import RankStream, StreamSpec
-from crdist.methods.base import Phase, TaskContext, build_method
+from crdist.methods.base import Method, Phase, TaskContext, build_method
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
+from crdist.seeding import derive_seed
 from crdist.train.engine import make_accelerator, param_groups, reset_optimizer_state, set_learning_rates
 from crdist.train.schedule import lr_at
 
@@ -61,76 +62,96 @@ Reporter = Callable[[dict], None]
 
 
 def train_task(job: TrainJob, report: Reporter = lambda event: None) -> TaskResult:
-    cfg = job.study
+    """Train ``job`` on this rank; rank 0 calls ``report`` with progress events."""
     world, rank = _world_and_rank()
-    _log_to_file(Path(job.log_dir) / f"{job.method}-task{job.task}-rank{rank}.log")
+    handler = _log_to_file(Path(job.log_dir) / f"{job.method}-task{job.task}-rank{rank}.log")
     try:
-        return _train(job, report, world, rank)
+        run = _setup(job, world, rank)
+        result = _fit(run, job, report)
+        _save(run, job, result)
+        return result
     except Exception:
         log.exception("%s failed on rank %d", job.label, rank)
         raise
+    finally:
+        _stop_logging_to(handler)
 
 
-def _train(job: TrainJob, report: Reporter, world: int, rank: int) -> TaskResult:
+@dataclass
+class _Run:
+    accelerator: object
+    model: object  # the DeepSpeed engine around a Classifier
+    optimizer: object
+    method: Method
+    stream: RankStream
+    steps_per_epoch: list[int]
+    total_steps: int
+    phases: list[Phase]
+    world: int
+
+
+def _setup(job: TrainJob, world: int, rank: int) -> _Run:
     cfg = job.study
     accelerator = make_accelerator(cfg.train, world)
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    torch.manual_seed(cfg.seed * 1000 + job.task * 10 + rank)
+    torch.manual_seed(derive_seed(cfg.seed, "train", job.method, job.task, rank))
 
     manifest = Manifest.load(job.shards)
     model = build_classifier(cfg.model.backbone, manifest.image.channels, manifest.num_classes, cfg.seed)
     load_into(model, job.init_weights)
-    context = TaskContext(manifest.task(job.task), manifest.num_classes, cfg.model.head, cfg.train.lr)
-    method = build_method(job.method, context, cfg)
-    stream = RankStream(
-        manifest,
-        StreamSpec(
-            task=job.task,
-            split="train",
-            rank=rank,
-            world=world,
-            batch_size=cfg.train.batch_size,
-            loader_workers=cfg.train.loader_workers,
-            shuffle_buffer=cfg.train.shuffle_buffer,
-            seed=cfg.seed,
-        ),
+    method = build_method(
+        job.method, TaskContext(manifest.task(job.task), manifest.num_classes, cfg.model.head, cfg.train.lr), cfg
     )
-    epochs = [stream.steps_in_epoch(e) for e in range(cfg.train.epochs)]
-    total = min(sum(epochs), cfg.train.max_steps or sum(epochs))
+    spec = StreamSpec(
+        task=job.task,
+        split="train",
+        rank=rank,
+        world=world,
+        batch_size=cfg.train.batch_size,
+        loader_workers=cfg.train.loader_workers,
+        shuffle_buffer=cfg.train.shuffle_buffer,
+        seed=cfg.seed,
+    )
+    stream = RankStream(manifest, spec)
+    steps_per_epoch = [stream.steps_in_epoch(e) for e in range(cfg.train.epochs)]
+    total = min(sum(steps_per_epoch), cfg.train.max_steps or sum(steps_per_epoch))
     phases = [p for p in method.phases(total) if p.steps > 0]
-    log.info("%s: %d steps over %d epoch(s), phases %s, world %d", job.label, total, len(epochs), phases, world)
+    _check_phase_order(job.method, phases)
+    log.info("%s: %d steps over %d epoch(s), phases %s, world %d", job.label, total, len(steps_per_epoch), phases, world)
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    return _Run(accelerator, model, optimizer, method, stream, steps_per_epoch, total, phases, world)
 
+
+def _fit(run: _Run, job: TrainJob, report: Reporter) -> TaskResult:
+    cfg = job.study.train
+    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
+    schedule = [(phase, i) for phase in run.phases for i in range(phase.steps)]
     losses: list[float] = []
     started = time.perf_counter()
-    window_start, window_samples = started, 0
+    window = _ThroughputWindow(started)
     step = 0
-    schedule = _phase_schedule(phases)
-    for epoch in range(len(epochs)):
-        if step >= total:
-            break
-        for images, labels in stream.batches(epoch):
-            if step >= total:
+    for epoch in range(len(run.steps_per_epoch)):
+        for images, labels in run.stream.batches(epoch):
+            if step >= run.total_steps:
                 break
             phase, step_in_phase = schedule[step]
             if step_in_phase == 0:
                 _start_phase(model, optimizer, phase, first=step == 0)
-            lr = lr_at(step_in_phase, phase.steps, phase.lr, cfg.train.warmup_fraction, cfg.train.schedule)
+            lr = lr_at(step_in_phase, phase.steps, phase.lr, cfg.warmup_fraction, cfg.schedule)
+            # Before backward: with DeepSpeed, accelerator.backward also runs the optimizer step
+            # (optimizer.step() and zero_grad() below are then no-ops kept for other engines).
             set_learning_rates(optimizer, backbone_lr=lr if phase.train_backbone else 0.0, head_lr=lr)
-            images, labels = images.to(accelerator.device), labels.to(accelerator.device)
-            loss = method.loss(model, images, labels, phase)
+            loss = run.method.loss(model, images.to(accelerator.device), labels.to(accelerator.device), phase)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
             step += 1
-            window_samples += len(labels) * world
-            if step % cfg.train.log_every == 0 or step == total or step == 1:
-                # Mean over ranks; every rank reaches this line at the same steps.
-                mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                losses.append(mean_loss)
-                now = time.perf_counter()
+            window.add(len(labels) * run.world)
+            if step % cfg.log_every == 0 or step in (1, run.total_steps):
+                # The mean over ranks is a collective: every rank reaches this line at the same steps.
+                losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
                 event = {
                     "kind": "train",
                     "job": job.label,
@@ -139,41 +160,64 @@ def _train(job: TrainJob, report: Reporter, world: int, rank: int) -> TaskResult
                     "tasks": job.num_tasks,
                     "phase": phase.name,
                     "step": step,
-                    "steps": total,
+                    "steps": run.total_steps,
                     "epoch": epoch + 1,
-                    "loss": mean_loss,
+                    "loss": losses[-1],
                     "lr": lr,
-                    "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                    "samples_per_s": window.rate_and_restart(),
                 }
-                window_start, window_samples = now, 0
                 log.info("%s", event)
                 if accelerator.is_main_process:
                     report(event)
     seconds = time.perf_counter() - started
-
-    result = TaskResult(
-        world=world,
+    return TaskResult(
+        world=run.world,
         engine=str(accelerator.distributed_type.value),
-        zero_stage=cfg.train.zero_stage,
+        zero_stage=cfg.zero_stage,
         steps=step,
         first_loss=losses[0] if losses else float("nan"),
         final_loss=losses[-1] if losses else float("nan"),
         seconds=seconds,
-        samples_per_second=step * cfg.train.batch_size * world / max(seconds, 1e-9),
+        samples_per_second=step * cfg.batch_size * run.world / max(seconds, 1e-9),
     )
+
+
+def _save(run: _Run, job: TrainJob, result: TaskResult) -> None:
+    """Consolidated fp32 weights of c_task, written by rank 0; the summary first, the weights last
+    (their presence means the job is done)."""
     # Under ZeRO-3 gathering the full weights is a collective: every rank takes part.
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
+    state = run.accelerator.get_state_dict(run.model)
+    if run.accelerator.is_main_process:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         output = Path(job.output)
         write_json(output.with_suffix(".train.json"), {"job": job.label, **asdict(result)})
         save_weights(state, output, metadata={"method": job.method, "task": str(job.task)})
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     log.info("%s done: %s", job.label, result)
-    return result
 
 
-def _phase_schedule(phases: list[Phase]) -> list[tuple[Phase, int]]:
-    return [(phase, i) for phase in phases for i in range(phase.steps)]
+class _ThroughputWindow:
+    def __init__(self, now: float):
+        self.start, self.samples = now, 0
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+
+    def rate_and_restart(self) -> float:
+        now = time.perf_counter()
+        rate = self.samples / max(now - self.start, 1e-9)
+        self.start, self.samples = now, 0
+        return rate
+
+
+def _check_phase_order(method: str, phases: list[Phase]) -> None:
+    # Under ZeRO-3 a parameter that gets no gradient keeps the last one it had, so a frozen-backbone
+    # phase after one that trained the backbone would feed stale gradients to Adam and to clipping.
+    trained = False
+    for phase in phases:
+        if trained and not phase.train_backbone:
+            raise ValueError(f"method {method}: phase {phase.name!r} freezes the backbone after a phase that trained it")
+        trained = trained or phase.train_backbone
 
 
 def _start_phase(model, optimizer, phase: Phase, first: bool) -> None:
@@ -181,11 +225,7 @@ def _start_phase(model, optimizer, phase: Phase, first: bool) -> None:
         reset_optimizer_state(optimizer)  # each phase starts like a fresh optimizer
     model.train()
     if not phase.train_backbone:
-        _unwrap(model).backbone.eval()  # frozen features: BatchNorm statistics stay fixed too
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
+        getattr(model, "module", model).backbone.eval()  # frozen features: BatchNorm statistics too
 
 
 def _world_and_rank() -> tuple[int, int]:
@@ -196,11 +236,21 @@ def _world_and_rank() -> tuple[int, int]:
     return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
 
 
-def _log_to_file(path: Path) -> None:
+_LOGGERS = ("crdist", "DeepSpeed")
+
+
+def _log_to_file(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("crdist", "DeepSpeed"):
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    return handler
+
+
+def _stop_logging_to(handler: logging.Handler) -> None:
+    for name in _LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()

@@ -22,7 +22,7 @@ class KNNConfig:
 
 def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, num_classes: int):
     """Each test point takes the class with the largest summed cosine similarity among its k
-    nearest training points (similarity weighting breaks ties between equal vote counts)."""
+    nearest training points: a similarity-weighted vote."""
     similarity = F.normalize(test, dim=1) @ F.normalize(train, dim=1).T
     top, index = similarity.topk(min(k, len(train)), dim=1)
     votes = torch.zeros(len(test), num_classes, dtype=similarity.dtype)
