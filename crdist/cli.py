@@ -21,9 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        print("crdist: interrupted; finished jobs are kept in the run directory", file=sys.stderr)
+        print("crdist: interrupted; finished jobs and checkpoints are kept in the run directory", file=sys.stderr)
         return 130
     except CrdistError as err:
+        if type(err).__name__ == "StudyStopped":
+            print(f"crdist: {err}", file=sys.stderr)
+            return 143  # as a process ended by SIGTERM, which is what asked for the stop
         print(f"crdist: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
 
@@ -58,6 +61,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="run name (directory under runs_dir); default: the config's name")
     run.add_argument("--address", help="join this Ray cluster (e.g. auto, host:6379) instead of starting one")
     run.set_defaults(handler=_run)
+
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted run from its run directory",
+        description="Continue a run with the config saved in its run directory: finished jobs are skipped and "
+        "the task in progress resumes from its latest checkpoint. The same as rerunning the original command.",
+    )
+    resume.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/demo")
+    resume.add_argument("--address", help="join this Ray cluster instead of starting one")
+    resume.set_defaults(handler=_resume)
+
+    bench = commands.add_parser("bench", help="measure the system itself (failure recovery, …)")
+    benches = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    bench_resume = benches.add_parser(
+        "resume",
+        help="kill train workers mid-task; report the steps redone and the recovery time of each failure",
+        description="Run a study, SIGKILL a train worker mid-task FAILURES times (seeded choice of task, step "
+        "and rank), and report per failure the steps trained again (at most one checkpoint interval) and the "
+        "time from the kill to the first new training step.",
+    )
+    bench_resume.add_argument("config", nargs="?", type=Path, default=Path("configs/bench_resume.yaml"))
+    bench_resume.add_argument("--failures", type=int, default=3)
+    bench_resume.add_argument("--seed", type=int, default=0)
+    bench_resume.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    bench_resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench_resume.set_defaults(handler=_bench_resume)
 
     report = commands.add_parser("report", help="rebuild the report of a run directory from its evaluations")
     report.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/demo")
@@ -101,19 +130,39 @@ def _run(args) -> int:
     return 0
 
 
-def _report(args) -> int:
+def _load_run(run_dir: Path):
     import yaml
 
     from crdist.config import from_dict
-    from crdist.data.manifest import Manifest
     from crdist.orchestrate.rundir import RunDir, RunDirError
-    from crdist.report.write import write_report
     from crdist.study import StudyConfig
 
-    run = RunDir(args.run_dir)
+    run = RunDir(run_dir)
     if not run.config_file.is_file():
-        raise RunDirError(f"{args.run_dir}: not a crdist run directory (it has no config.yaml)")
-    study = from_dict(StudyConfig, yaml.safe_load(run.config_file.read_text()), source=str(run.config_file))
+        raise RunDirError(f"{run_dir}: not a crdist run directory (it has no config.yaml)")
+    return run, from_dict(StudyConfig, yaml.safe_load(run.config_file.read_text()), source=str(run.config_file))
+
+
+def _resume(args) -> int:
+    from crdist.orchestrate.driver import run_study
+
+    run, study = _load_run(args.run_dir)
+    run_study(study, str(run.config_file), address=args.address, run_dir=run.root)
+    return 0
+
+
+def _bench_resume(args) -> int:
+    from crdist.bench.resume import bench_resume
+
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    return bench_resume(args.config, args.overrides, args.failures, args.seed, args.runs_dir)
+
+
+def _report(args) -> int:
+    from crdist.data.manifest import Manifest
+    from crdist.report.write import write_report
+
+    run, study = _load_run(args.run_dir)
     summary = write_report(run, study, Manifest.load(run.root))  # the stream's manifest, copied at start
     print(f"report written to {summary.directory}\n\n{summary.table}")
     return 0

@@ -14,6 +14,7 @@ from crdist.evaluate.config import EvalConfig
 from crdist.methods.lpft import LPFTConfig
 from crdist.models.config import ModelConfig
 from crdist.orchestrate.config import ClusterConfig
+from crdist.train.checkpoint import CheckpointConfig
 from crdist.train.config import TrainConfig
 
 
@@ -25,6 +26,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     lpft: LPFTConfig = field(default_factory=LPFTConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -22,6 +22,12 @@ def _rank_main(rank: int, job: TrainJob, port: int, events_path: str) -> None:
             json.dump(events, f)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **train) -> tuple[list[dict], TrainJob]:
     cfg = study(
         data={"shards": str(shards)},
@@ -31,11 +37,9 @@ def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **trai
     c0 = tmp_path / "c_0.safetensors"
     save_weights(build_classifier(cfg.model.backbone, 1, 10, cfg.seed).state_dict(), c0)
     job = TrainJob(study=cfg, method=method, task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
-                   output=str(tmp_path / "c_1.safetensors"), log_dir=str(tmp_path / "logs"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(job, port, str(tmp_path / "events.json")), nprocs=2, join=True)
+                   output=str(tmp_path / "c_1.safetensors"), checkpoints=str(tmp_path / "checkpoints"),
+                   log_dir=str(tmp_path / "logs"))
+    mp.spawn(_rank_main, args=(job, free_port(), str(tmp_path / "events.json")), nprocs=2, join=True)
     return json.loads((tmp_path / "events.json").read_text()), job
 
 

@@ -1,16 +1,20 @@
-"""The Ray remote functions the driver submits (kept apart so workers import little)."""
+"""The Ray remote functions and actors the driver uses (kept apart so workers import little).
+
+Retries cover system failures only (a lost worker process or node), never an error raised by the
+job itself; every job writes its output atomically, so running it again is safe.
+"""
 
 from __future__ import annotations
 
 import ray
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def fit_train_job(job, progress, storage, run_name) -> dict:
+@ray.remote(num_cpus=0, max_retries=2)
+def fit_train_job(job, progress, stop, storage, run_name) -> dict | None:
     """Runs a Ray Train job from inside a task, so several jobs can be in flight at once."""
     from crdist.train.job import fit
 
-    return fit(job, progress, storage, run_name)
+    return fit(job, progress, stop, storage, run_name)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -27,8 +31,22 @@ def build_deepspeed_cpu_op() -> float:
     return build_cpu_comm_op()
 
 
-@ray.remote(max_retries=0)
+@ray.remote(max_retries=2)
 def run_eval_job(job, threads: int) -> dict:
     from crdist.evaluate.job import run_eval_job as run
 
     return run(job, threads)
+
+
+@ray.remote(num_cpus=0)
+class StopFlag:
+    """Raised by the driver on SIGTERM; train workers poll it and stop at a checkpoint."""
+
+    def __init__(self):
+        self._requested = False
+
+    def request(self) -> None:
+        self._requested = True
+
+    def requested(self) -> bool:
+        return self._requested

@@ -1,6 +1,8 @@
 """The run directory: the unit of a study on disk (config, models, evaluations, logs, report).
 
     runs/<name>/config.yaml            resolved config the run was started with
+                journal.jsonl           every job started, finished or stopped (append-only)
+                checkpoints/<method>/task-<i>/   mid-task checkpoints of the job in progress
                 models/c_0.safetensors  the initial model, shared by every method
                 models/<method>/c_<i>.safetensors
                 eval/c_0/0-<j>.json, eval/<method>/<i>-<j>.json
@@ -45,6 +47,13 @@ class RunDir:
     @property
     def ray_storage(self) -> Path:
         return self.root / "ray"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    def checkpoints(self, method: str, task: int) -> Path:
+        return self.root / "checkpoints" / method / f"task-{task}"
 
     def weights(self, method: str | None, row: int) -> Path:
         if row == 0:

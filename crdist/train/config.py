@@ -27,6 +27,10 @@ class TrainConfig:
     loader_workers: int = 2  # WebDataset loader processes per worker
     shuffle_buffer: int = 256
     log_every: int = 10  # steps between progress reports
+    # Worker-group restarts Ray Train allows per task (each resumes from the latest checkpoint).
+    max_failures: int = 3
+    # How a job's workers are placed on the cluster: PACK (fewest nodes) or SPREAD (one per node).
+    placement: Literal["PACK", "SPREAD"] = "PACK"
 
     def validate(self) -> None:
         from crdist.methods import METHODS
@@ -47,3 +51,4 @@ class TrainConfig:
         require(self.loader_workers >= 0, "loader_workers", f"must be non-negative (got {self.loader_workers})")
         require(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be at least 1 (got {self.shuffle_buffer})")
         require(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
+        require(self.max_failures >= 0, "max_failures", f"must be non-negative (got {self.max_failures})")

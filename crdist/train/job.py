@@ -1,4 +1,8 @@
-"""One task's continued pretraining as a Ray Train job: a TorchTrainer over N workers."""
+"""One task's continued pretraining as a Ray Train job: a TorchTrainer over N workers.
+
+Worker failures are Ray Train's to handle: with ``FailureConfig(max_failures)`` it restarts the
+whole worker group, and each new worker resumes from the job's latest checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -16,31 +20,34 @@ def _train_loop_per_worker(config: dict) -> None:
         if progress is not None:
             progress.put_nowait(event)
 
-    train_task(job, report=report)
+    train_task(job, report=report, stop_flag=config["stop"])
 
 
-def fit(job: TrainJob, progress, storage: Path, run_name: str) -> dict:
-    """Run the job to completion on the connected Ray cluster; returns the task's training summary."""
+def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | None:
+    """Run the job on the connected Ray cluster; returns its training summary, or None when it
+    stopped early on request (checkpointed, no weights written)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     train = job.study.train
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"job": job, "progress": progress},
+        train_loop_config={"job": job, "progress": progress, "stop": stop},
         scaling_config=ScalingConfig(
             num_workers=train.workers,
             use_gpu=train.use_gpu,
             resources_per_worker={"CPU": train.cpus_per_worker},
+            placement_strategy=train.placement,
         ),
         run_config=RunConfig(
             name=f"{run_name}-{job.method}-task{job.task}",
             storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=train.max_failures),
         ),
     )
     trainer.fit()
-    return json.loads(summary_path(job).read_text())
+    summary = summary_path(job)
+    return json.loads(summary.read_text()) if Path(job.output).is_file() else None
 
 
 def summary_path(job: TrainJob) -> Path:

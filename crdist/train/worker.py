@@ -15,14 +15,16 @@ from typing import Callable
 
 import torch
 
-from crdist.atomic import write_json
+from crdist.atomic import write_json, write_text
 from crdist.data.manifest import Manifest
 from crdist.data.stream import RankStream, StreamSpec
 from crdist.methods.base import Method, Phase, TaskContext, build_method
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
 from crdist.seeding import derive_seed
+from crdist.train.checkpoint import Position, TaskCheckpoints
 from crdist.train.engine import make_accelerator, param_groups, reset_optimizer_state, set_learning_rates
+from crdist.train.policy import CheckpointPolicy, StopWatcher
 from crdist.train.schedule import lr_at
 
 log = logging.getLogger("crdist.train")
@@ -39,6 +41,7 @@ class TrainJob:
     shards: str  # prepared stream directory (with manifest.json)
     init_weights: str  # c_{task-1}
     output: str  # where c_task is written
+    checkpoints: str  # this job's mid-task checkpoint directory
     log_dir: str
 
     @property
@@ -54,26 +57,40 @@ class TaskResult:
     steps: int
     first_loss: float
     final_loss: float
-    seconds: float
+    seconds: float  # training time of this attempt (after any resume)
     samples_per_second: float
+    resumed_from: int | None  # the checkpoint step this attempt started from
+    stopped: bool  # stopped early on request (checkpointed, weights not written)
 
 
 Reporter = Callable[[dict], None]
 
 
-def train_task(job: TrainJob, report: Reporter = lambda event: None) -> TaskResult:
-    """Train ``job`` on this rank; rank 0 calls ``report`` with progress events."""
+def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=None) -> TaskResult:
+    """Train ``job`` on this rank, resuming from its latest checkpoint if there is one.
+
+    Rank 0 calls ``report`` with progress events. ``stop_flag`` is the driver's stop request (a
+    Ray actor); when it is raised, every rank checkpoints at the same step and returns.
+    """
     world, rank = _world_and_rank()
-    handler = _log_to_file(Path(job.log_dir) / f"{job.method}-task{job.task}-rank{rank}.log")
+    log_dir = Path(job.log_dir)
+    handler = _log_to_file(log_dir / f"{job.method}-task{job.task}-rank{rank}.log")
+    # Who is training this rank right now: what an operator (or a failure test) kills.
+    write_text(log_dir / f"{job.method}-task{job.task}-rank{rank}.pid", str(os.getpid()))
+    stop = StopWatcher(stop_flag) if stop_flag is not None and rank == 0 else None
     try:
+        log.info("%s: rank %d of %d, pid %d", job.label, rank, world, os.getpid())
         run = _setup(job, world, rank)
-        result = _fit(run, job, report)
-        _save(run, job, result)
+        result = _fit(run, job, report, CheckpointPolicy(job.study.checkpoint, stop))
+        if not result.stopped:
+            _save(run, job, result)
         return result
     except Exception:
         log.exception("%s failed on rank %d", job.label, rank)
         raise
     finally:
+        if stop is not None:
+            stop.close()
         _stop_logging_to(handler)
 
 
@@ -88,6 +105,9 @@ class _Run:
     total_steps: int
     phases: list[Phase]
     world: int
+    rank: int
+    checkpoints: TaskCheckpoints
+    start: Position  # where this attempt begins: step 0, or the latest checkpoint
 
 
 def _setup(job: TrainJob, world: int, rank: int) -> _Run:
@@ -121,24 +141,38 @@ def _setup(job: TrainJob, world: int, rank: int) -> _Run:
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return _Run(accelerator, model, optimizer, method, stream, steps_per_epoch, total, phases, world)
+    checkpoints = TaskCheckpoints(job.checkpoints, keep=cfg.checkpoint.keep)
+    start = checkpoints.load(model, rank, world) or Position(step=0, epoch=0, batch_in_epoch=0)
+    if start.step:
+        log.info("%s: resuming from the checkpoint at step %d (epoch %d, batch %d)", job.label, start.step,
+                 start.epoch, start.batch_in_epoch)
+    return _Run(accelerator, model, optimizer, method, stream, steps_per_epoch, total, phases, world, rank,
+                checkpoints, start)
 
 
-def _fit(run: _Run, job: TrainJob, report: Reporter) -> TaskResult:
+def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -> TaskResult:
     cfg = job.study.train
     accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
     schedule = [(phase, i) for phase in run.phases for i in range(phase.steps)]
-    losses: list[float] = []
+    losses: list[float] = list(run.start.losses)
+    step, stopped = run.start.step, False
+    if step:
+        _enter_phase(model, optimizer, *schedule[step], resumed=True)
+        _report(accelerator, report, {"kind": "resume", "job": job.label, "method": job.method, "task": job.task,
+                                      "tasks": job.num_tasks, "step": step, "steps": run.total_steps})
     started = time.perf_counter()
     window = _ThroughputWindow(started)
-    step = 0
-    for epoch in range(len(run.steps_per_epoch)):
-        for images, labels in run.stream.batches(epoch):
-            if step >= run.total_steps:
+    for epoch in range(run.start.epoch, len(run.steps_per_epoch)):
+        # Resuming mid-epoch replays the epoch's deterministic stream up to the saved position.
+        skip = run.start.batch_in_epoch if epoch == run.start.epoch else 0
+        for batch_in_epoch, (images, labels) in enumerate(run.stream.batches(epoch), start=1):
+            if batch_in_epoch <= skip:
+                continue
+            if step >= run.total_steps or stopped:
                 break
             phase, step_in_phase = schedule[step]
             if step_in_phase == 0:
-                _start_phase(model, optimizer, phase, first=step == 0)
+                _enter_phase(model, optimizer, phase, step_in_phase, resumed=False)
             lr = lr_at(step_in_phase, phase.steps, phase.lr, cfg.warmup_fraction, cfg.schedule)
             # Before backward: with DeepSpeed, accelerator.backward also runs the optimizer step
             # (optimizer.step() and zero_grad() below are then no-ops kept for other engines).
@@ -152,7 +186,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter) -> TaskResult:
             if step % cfg.log_every == 0 or step in (1, run.total_steps):
                 # The mean over ranks is a collective: every rank reaches this line at the same steps.
                 losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
-                event = {
+                _report(accelerator, report, {
                     "kind": "train",
                     "job": job.label,
                     "method": job.method,
@@ -165,11 +199,20 @@ def _fit(run: _Run, job: TrainJob, report: Reporter) -> TaskResult:
                     "loss": losses[-1],
                     "lr": lr,
                     "samples_per_s": window.rate_and_restart(),
-                }
-                log.info("%s", event)
-                if accelerator.is_main_process:
-                    report(event)
+                })
+            save, stopped = policy.decide(step, run.total_steps, accelerator)
+            if save:
+                position = Position.capture(step, *_next_batch(run, epoch, batch_in_epoch), losses)
+                saved = run.checkpoints.save(model, position, run.rank, run.world, accelerator.wait_for_everyone)
+                policy.saved()
+                log.info("%s: checkpoint %s", job.label, saved)
+                _report(accelerator, report, {"kind": "checkpoint", "job": job.label, "method": job.method,
+                                              "task": job.task, "tasks": job.num_tasks, "step": step,
+                                              "stopping": stopped})
+        if step >= run.total_steps or stopped:
+            break
     seconds = time.perf_counter() - started
+    trained = step - run.start.step
     return TaskResult(
         world=run.world,
         engine=str(accelerator.distributed_type.value),
@@ -178,13 +221,29 @@ def _fit(run: _Run, job: TrainJob, report: Reporter) -> TaskResult:
         first_loss=losses[0] if losses else float("nan"),
         final_loss=losses[-1] if losses else float("nan"),
         seconds=seconds,
-        samples_per_second=step * cfg.batch_size * run.world / max(seconds, 1e-9),
+        samples_per_second=trained * cfg.batch_size * run.world / max(seconds, 1e-9),
+        resumed_from=run.start.step or None,
+        stopped=stopped,
     )
+
+
+def _next_batch(run: _Run, epoch: int, batch_in_epoch: int) -> tuple[int, int]:
+    """(epoch, batches consumed) of the position just after this batch."""
+    if batch_in_epoch >= run.steps_per_epoch[epoch]:
+        return epoch + 1, 0
+    return epoch, batch_in_epoch
+
+
+def _report(accelerator, report: Reporter, event: dict) -> None:
+    event["time"] = time.time()  # wall clock where it happened, for failure timings
+    log.info("%s", event)
+    if accelerator.is_main_process:
+        report(event)
 
 
 def _save(run: _Run, job: TrainJob, result: TaskResult) -> None:
     """Consolidated fp32 weights of c_task, written by rank 0; the summary first, the weights last
-    (their presence means the job is done)."""
+    (their presence means the job is done), then the task's checkpoints are dropped."""
     # Under ZeRO-3 gathering the full weights is a collective: every rank takes part.
     state = run.accelerator.get_state_dict(run.model)
     if run.accelerator.is_main_process:
@@ -192,6 +251,7 @@ def _save(run: _Run, job: TrainJob, result: TaskResult) -> None:
         output = Path(job.output)
         write_json(output.with_suffix(".train.json"), {"job": job.label, **asdict(result)})
         save_weights(state, output, metadata={"method": job.method, "task": str(job.task)})
+        run.checkpoints.clear()
     run.accelerator.wait_for_everyone()
     log.info("%s done: %s", job.label, result)
 
@@ -220,9 +280,11 @@ def _check_phase_order(method: str, phases: list[Phase]) -> None:
         trained = trained or phase.train_backbone
 
 
-def _start_phase(model, optimizer, phase: Phase, first: bool) -> None:
-    if not first:
-        reset_optimizer_state(optimizer)  # each phase starts like a fresh optimizer
+def _enter_phase(model, optimizer, phase: Phase, step_in_phase: int, resumed: bool) -> None:
+    """Set up ``phase``: at its first step a fresh optimizer state; on resume only the train/eval
+    modes, since the checkpoint holds the optimizer state."""
+    if step_in_phase == 0 and not resumed:
+        reset_optimizer_state(optimizer)
     model.train()
     if not phase.train_backbone:
         getattr(model, "module", model).backbone.eval()  # frozen features: BatchNorm statistics too

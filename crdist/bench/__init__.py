@@ -1,0 +1,1 @@
+"""Benchmarks of the system itself (``crdist bench …``): measured, printed as tables."""

@@ -1,0 +1,73 @@
+"""Inject real failures into a running study and read what happened from its run directory.
+
+Used by ``crdist bench resume`` and by the failure tests: a worker is found through the pid file
+it writes (``logs/train/<method>-task<i>-rank<r>.pid``) and killed with a real signal; progress is
+read from ``logs/events.jsonl``, where every event carries the worker's wall-clock ``time``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class Timeout(RuntimeError):
+    pass
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "logs" / "events.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return out
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05, alive=None) -> T:
+    """Poll ``condition`` until it returns something truthy; ``alive`` (a Popen) must keep running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if alive is not None and alive.poll() is not None:
+            raise Timeout(f"the run exited (code {alive.returncode}) before {what}")
+        time.sleep(interval)
+    raise Timeout(f"waited {timeout:.0f} s for {what}")
+
+
+def last_step(run_dir: Path, method: str, task: int) -> int:
+    steps = [e["step"] for e in events(run_dir) if e.get("kind") == "train" and (e["method"], e["task"]) == (method, task)]
+    return max(steps, default=0)
+
+
+def checkpoint_at_least(run_dir: Path, method: str, task: int, step: int) -> Callable[[], bool]:
+    def reached() -> bool:
+        return any(
+            e.get("kind") == "checkpoint" and (e["method"], e["task"]) == (method, task) and e["step"] >= step
+            for e in events(run_dir)
+        )
+
+    return reached
+
+
+def worker_pid(run_dir: Path, method: str, task: int, rank: int) -> int:
+    return int((Path(run_dir) / "logs" / "train" / f"{method}-task{task}-rank{rank}.pid").read_text())
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> float:
+    """Send ``sig`` to ``pid``; returns the wall-clock time it was sent."""
+    sent = time.time()
+    os.kill(pid, sig)
+    return sent

@@ -1,0 +1,269 @@
+"""The scheduler: submits train and eval jobs as their inputs appear, and follows them to the end.
+
+    train(m, 1) → train(m, 2) → … → train(m, T)          one chain per method, all from c_0
+    eval(c_i, j) for every task j, as soon as c_i exists  (overlaps training of task i+1)
+
+A job whose output already exists (from an earlier, interrupted run of the same study) is not run
+again. Every job start, finish and stop goes into the run's journal.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from crdist.data.manifest import Manifest
+from crdist.errors import CrdistError
+from crdist.evaluate.job import EvalJob
+from crdist.orchestrate.console import Console
+from crdist.orchestrate.journal import Journal
+from crdist.orchestrate.rundir import RunDir
+from crdist.train.worker import TrainJob
+
+
+class StudyError(CrdistError, RuntimeError):
+    pass
+
+
+class StudyStopped(CrdistError, RuntimeError):
+    """The driver was asked to stop (SIGTERM or Ctrl-C) and stopped cleanly."""
+
+
+@dataclass
+class _Job:
+    kind: str  # "train" or "eval"
+    key: str  # the journal's name for it, e.g. "train/sgd/2" or "eval/sgd/c_2/1"
+    label: str
+    method: str | None
+    row: int
+    task: int
+
+
+def eval_count(study, manifest: Manifest) -> int:
+    return (1 + len(study.train.methods) * len(manifest.tasks)) * len(manifest.tasks)
+
+
+class Scheduler:
+    def __init__(self, study, run: RunDir, manifest: Manifest, console: Console, journal: Journal):
+        import ray
+        from ray.util.queue import Queue
+
+        from crdist.orchestrate.remote import StopFlag
+
+        self.study = study
+        self.run_dir = run
+        self.manifest = manifest
+        self.console = console
+        self.journal = journal
+        self.finished_before = journal.finished()
+        self.tasks = len(manifest.tasks)
+        self.pending: dict = {}
+        self.evals_done = 0
+        self.evals_total = eval_count(study, manifest)
+        self.accuracy = defaultdict(dict)  # checkpoint label → {task: {protocol: accuracy}}
+        self.progress = Queue(actor_options={"num_cpus": 0})
+        self.stop_flag = StopFlag.remote()
+        self.stop_signal = ""  # set by the driver's signal handler; the loop turns it into a stop
+        self.stop_deadline: float | None = None
+        self.stop_reason = ""
+        # Launch train jobs from the driver's node: a worker node lost to preemption then takes
+        # only workers with it, never the job's controller.
+        self.driver_node = ray.get_runtime_context().get_node_id()
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        import ray
+
+        for task in range(1, self.tasks + 1):
+            self.submit_eval(None, 0, task)
+        for method in self.study.train.methods:
+            self.submit_train(method, 1)
+        while self.pending:
+            if self.stop_signal:
+                self.request_stop(self.stop_signal)
+            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+                break
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0.5)
+            self.drain_progress()
+            for ref in ready:
+                self.finish(ref)
+        self.drain_progress()
+        if self.stop_deadline is not None:
+            unfinished = [job.label for job in self.pending.values() if job.kind == "train"]
+            raise StudyStopped(
+                f"stopped on {self.stop_reason}"
+                + (f"; train jobs still running at the deadline: {', '.join(unfinished)}" if unfinished else "")
+                + ". Finished jobs and checkpoints are kept: run the same command again, or "
+                f"crdist resume {self.run_dir.root}, to continue."
+            )
+
+    def request_stop(self, reason: str) -> None:
+        """Ask running train jobs to checkpoint and stop, and start nothing new."""
+        if self.stop_deadline is not None:
+            return
+        grace = self.study.checkpoint.grace_seconds
+        self.stop_reason = reason
+        self.stop_deadline = time.monotonic() + grace
+        self.stop_flag.request.remote()
+        self.journal.record("stop-requested", reason=reason)
+        self.console.print(f"stop   {reason}: asking running train jobs to checkpoint and stop (grace {grace:.0f} s)")
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def submit_train(self, method: str, task: int) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from crdist.orchestrate.remote import fit_train_job
+
+        job = _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task)
+        output = self.run_dir.weights(method, task)
+        if output.is_file():
+            self.console.print(f"train  {job.label}: already done, reusing {output.relative_to(self.run_dir.root)}")
+            self._journal_finished_if_new(job)
+            self.trained(method, task)
+            return
+        if self.stop_deadline is not None:
+            return
+        train_job = TrainJob(
+            study=self.study,
+            method=method,
+            task=task,
+            num_tasks=self.tasks,
+            shards=str(self.manifest.root),
+            init_weights=str(self.run_dir.weights(method, task - 1).resolve()),
+            output=str(output.resolve()),
+            checkpoints=str(self.run_dir.checkpoints(method, task).resolve()),
+            log_dir=str((self.run_dir.logs / "train").resolve()),
+        )
+        ref = fit_train_job.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=True)
+        ).remote(train_job, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
+        self.pending[ref] = job
+        self.journal.record("started", job.key)
+
+    def submit_eval(self, method: str | None, row: int, task: int) -> None:
+        from crdist.orchestrate.remote import run_eval_job
+
+        checkpoint = RunDir.checkpoint_label(method, row)
+        job = _Job("eval", f"eval/{checkpoint}/{task}", f"{checkpoint} × task {task}", method, row, task)
+        output = self.run_dir.evaluation(method, row, task)
+        if output.is_file():
+            self._journal_finished_if_new(job)
+            self.evaluated(job, json.loads(output.read_text()))
+            return
+        if self.stop_deadline is not None:
+            return
+        eval_job = EvalJob(
+            study=self.study,
+            checkpoint=checkpoint,
+            row=row,
+            task=task,
+            weights=str(self.run_dir.weights(method, row).resolve()),
+            shards=str(self.manifest.root),
+            output=str(output.resolve()),
+        )
+        cpus = self.study.evaluate.cpus
+        ref = run_eval_job.options(num_cpus=cpus).remote(eval_job, max(1, int(cpus)))
+        self.pending[ref] = job
+
+    def _journal_finished_if_new(self, job: _Job) -> None:
+        # Output written but never journalled: the driver died between the two.
+        if job.key not in self.finished_before:
+            self.journal.record("finished", job.key, recovered=True)
+
+    # -- completion ---------------------------------------------------------------------------
+
+    def finish(self, ref) -> None:
+        import ray
+
+        job = self.pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except Exception as err:  # a job failed for good: stop and say which job and where to look
+            self.journal.record("failed", job.key, error=_root_cause(err))
+            raise StudyError(
+                f"{job.kind} job '{job.label}' failed: {_root_cause(err)}\n"
+                f"Logs: {self.run_dir.logs} (driver.log, train/*.log); Ray's own logs under "
+                f"/tmp/ray/session_latest/logs"
+            ) from err
+        if job.kind == "eval":
+            self.journal.record("finished", job.key)
+            self.evaluated(job, result)
+        elif result is None:
+            self.journal.record("stopped", job.key)
+            self.console.print(f"train  {job.label}: stopped after its checkpoint")
+        else:
+            self.journal.record("finished", job.key, steps=result["steps"], resumed_from=result["resumed_from"])
+            self.console.print(
+                f"train  {job.label} done: {result['steps']} steps"
+                + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")
+                + f" in {result['seconds']:.1f} s ({result['samples_per_second']:,.0f} samples/s), "
+                f"loss {result['first_loss']:.3f} → {result['final_loss']:.3f}"
+            )
+            self.console.record({"kind": "train_done", "job": job.label, **result})
+            self.trained(job.method, job.task)
+
+    def trained(self, method: str, task: int) -> None:
+        for j in range(1, self.tasks + 1):
+            self.submit_eval(method, task, j)
+        if task < self.tasks:
+            self.submit_train(method, task + 1)
+
+    def evaluated(self, job: _Job, result: dict) -> None:
+        self.evals_done += 1
+        checkpoint = RunDir.checkpoint_label(job.method, job.row)
+        done = self.accuracy[checkpoint]
+        done[job.task] = result["accuracy"]
+        self.console.record({"kind": "eval_done", **result})
+        if len(done) == self.tasks:
+            means = "  ".join(
+                f"{p} {sum(r[p] for r in done.values()) / self.tasks:.3f}" for p in self.study.evaluate.protocols
+            )
+            self.console.print(
+                f"eval   {checkpoint} on tasks 1–{self.tasks}: mean accuracy {means}  "
+                f"[{self.evals_done}/{self.evals_total} evals]"
+            )
+
+    def drain_progress(self) -> None:
+        while True:
+            try:
+                event = self.progress.get_nowait()
+            except queue.Empty:
+                return
+            self.console.record(event)
+            self.console.print(_describe_event(event))
+
+
+def _describe_event(event: dict) -> str:
+    job = f"{event['method']} task {event['task']}/{event.get('tasks', '?')}"
+    if event["kind"] == "resume":
+        return f"train  {job}: resuming from the checkpoint at step {event['step']}/{event['steps']}"
+    if event["kind"] == "checkpoint":
+        return f"ckpt   {job}: step {event['step']} saved" + (", stopping" if event["stopping"] else "")
+    return (
+        f"train  {job}  step {event['step']:>4}/{event['steps']}  {event['phase']:<8} loss {event['loss']:.4f}  "
+        f"lr {event['lr']:.2e}  {event['samples_per_s']:,.0f} samples/s"
+    )
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error behind Ray's wrappers (task errors, Ray Train's worker-group error)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        failures = getattr(err, "worker_failures", None)  # ray.train.WorkerGroupError: rank → error
+        if failures:
+            rank = min(failures)
+            return f"rank {rank}: {_root_cause(failures[rank])}"
+        inner = getattr(err, "cause", None) or err.__cause__
+        if inner is None:
+            break
+        err = inner
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:
+        return text.splitlines()[-1]  # a re-raised error (e.g. from a loader process): its last line
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

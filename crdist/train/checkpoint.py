@@ -1,0 +1,160 @@
+"""Mid-task checkpoints: written by every rank, complete before `latest` moves, the last K kept.
+
+    checkpoints/<method>/task-<i>/step-000020/engine/…             DeepSpeed: model, optimizer, every rank's ZeRO partition
+                                              position-rank<r>.json where rank r is in its stream, its RNG state
+                                              COMPLETE              written last, by rank 0, once every rank is done
+                                  latest                            "step-000020"; replaced atomically after COMPLETE
+
+A checkpoint is built in ``step-NNNNNN.partial`` and renamed into place, so a kill at any moment
+(even in the middle of writing) leaves the previous checkpoint, and ``latest``, intact. A loader
+that finds ``latest`` missing or stale falls back to the newest directory holding ``COMPLETE``.
+The files are crdist's own: DeepSpeed reads its part with ``torch.load`` (pickle), so load only
+checkpoints from a run directory you trust.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from crdist.atomic import write_json, write_text
+from crdist.config import require
+from crdist.errors import CrdistError
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+ENGINE_TAG = "engine"
+
+
+class CheckpointError(CrdistError, RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # Save every N steps (0 = never by step count) and/or every M minutes (0 = never by time).
+    every_steps: int = 50
+    every_minutes: float = 0.0
+    # Complete checkpoints kept per task (older ones are deleted once a newer one is complete).
+    keep: int = 2
+    # After SIGTERM to the driver: how long running train jobs get to checkpoint and stop.
+    grace_seconds: float = 60.0
+
+    def validate(self) -> None:
+        require(self.every_steps >= 0, "every_steps", f"must be non-negative, 0 = off (got {self.every_steps})")
+        require(self.every_minutes >= 0, "every_minutes", f"must be non-negative, 0 = off (got {self.every_minutes})")
+        require(self.keep >= 1, "keep", f"must be at least 1 (got {self.keep})")
+        require(self.grace_seconds > 0, "grace_seconds", f"must be positive (got {self.grace_seconds})")
+
+
+@dataclass
+class Position:
+    """Where one rank is in its task: resuming here replays nothing it already trained on."""
+
+    step: int  # optimizer steps completed
+    epoch: int  # epoch of the next batch
+    batch_in_epoch: int  # batches of that epoch already consumed
+    losses: list[float] = field(default_factory=list)  # progress losses reported so far
+    torch_rng: str = ""  # base64 of torch's CPU generator state
+
+    @staticmethod
+    def capture(step: int, epoch: int, batch_in_epoch: int, losses: list[float]) -> "Position":
+        rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii")
+        return Position(step, epoch, batch_in_epoch, list(losses), rng)
+
+    def restore_rng(self) -> None:
+        if self.torch_rng:
+            state = torch.frombuffer(bytearray(base64.b64decode(self.torch_rng)), dtype=torch.uint8)
+            torch.set_rng_state(state.clone())
+
+
+class TaskCheckpoints:
+    """The checkpoints of one job (one method on one task)."""
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        pointer = self.directory / LATEST
+        if pointer.is_file():
+            candidate = self.directory / pointer.read_text().strip()
+            if (candidate / COMPLETE).is_file():
+                return candidate
+        complete = sorted(p.parent for p in self.directory.glob(f"step-*/{COMPLETE}"))
+        return complete[-1] if complete else None
+
+    def save(self, engine, position: Position, rank: int, world: int, barrier) -> Path:
+        """Every rank calls this at the same step; returns the finished checkpoint directory."""
+        name = f"step-{position.step:06d}"
+        final, partial = self.directory / name, self.directory / f"{name}.partial"
+        if (final / COMPLETE).is_file():
+            return final  # this exact state is already saved (training is deterministic)
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)  # left by a kill mid-write
+            partial.mkdir(parents=True)
+        barrier()
+        engine.save_checkpoint(str(partial), tag=ENGINE_TAG, client_state={}, save_latest=False)
+        write_json(partial / f"position-rank{rank}.json", asdict(position))
+        barrier()
+        if rank == 0:
+            _fsync_tree(partial)
+            write_json(partial / COMPLETE, {"step": position.step, "world": world, "time": time.time()})
+            os.rename(partial, final)
+            _fsync_dir(self.directory)
+            write_text(self.directory / LATEST, name)
+            self._prune()
+        barrier()
+        return final
+
+    def load(self, engine, rank: int, world: int) -> Position | None:
+        """Restore the newest complete checkpoint into ``engine``; None when there is none."""
+        checkpoint = self.latest()
+        if checkpoint is None:
+            return None
+        written_by = json.loads((checkpoint / COMPLETE).read_text())["world"]
+        if written_by != world:
+            raise CheckpointError(
+                f"{checkpoint} was written by {written_by} workers; resume it with train.workers={written_by} "
+                f"(ZeRO partitions and data positions depend on the number of workers)"
+            )
+        engine.load_checkpoint(
+            str(checkpoint), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        position = Position(**json.loads((checkpoint / f"position-rank{rank}.json").read_text()))
+        position.restore_rng()
+        return position
+
+    def clear(self) -> None:
+        """Drop the task's checkpoints once its final weights are safely written."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _prune(self) -> None:
+        complete = sorted(p.parent for p in self.directory.glob(f"step-*/{COMPLETE}"))
+        for old in complete[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for partial in self.directory.glob("step-*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
