@@ -4,6 +4,7 @@ reproduces the uninterrupted run bit for bit (2 real processes, DeepSpeed ZeRO-2
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -82,3 +83,21 @@ def test_a_kill_mid_write_keeps_the_previous_checkpoint_and_resuming_is_exact(tm
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
     summary = json.loads((tmp_path / "killed" / "c_1.train.json").read_text())
     assert summary["resumed_from"] == 5 and summary["steps"] == 21
+
+
+def test_the_policy_saves_by_step_count_and_by_time_but_not_at_the_last_step():
+    from accelerate import Accelerator
+
+    from crdist.train.checkpoint import CheckpointConfig
+    from crdist.train.policy import CheckpointPolicy
+
+    accelerator = Accelerator(cpu=True)  # one process: the all-reduce is the identity
+    by_steps = CheckpointPolicy(CheckpointConfig(every_steps=5))
+    assert [step for step in range(1, 21) if by_steps.decide(step, 20, accelerator)[0]] == [5, 10, 15]
+
+    by_time = CheckpointPolicy(CheckpointConfig(every_steps=0, every_minutes=0.002))  # 0.12 s
+    assert by_time.decide(1, 20, accelerator) == (False, False)
+    time.sleep(0.15)
+    assert by_time.decide(2, 20, accelerator) == (True, False)
+    by_time.saved()
+    assert by_time.decide(3, 20, accelerator) == (False, False)

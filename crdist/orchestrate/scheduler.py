@@ -50,6 +50,7 @@ class Scheduler:
     def __init__(self, study, run: RunDir, manifest: Manifest, console: Console, journal: Journal):
         import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from crdist.orchestrate.remote import StopFlag
 
@@ -64,14 +65,15 @@ class Scheduler:
         self.evals_done = 0
         self.evals_total = eval_count(study, manifest)
         self.accuracy = defaultdict(dict)  # checkpoint label → {task: {protocol: accuracy}}
-        self.progress = Queue(actor_options={"num_cpus": 0})
-        self.stop_flag = StopFlag.remote()
+        # The driver's own actors live on its node: losing a worker node must not take them along.
+        self.driver_node = ray.get_runtime_context().get_node_id()
+        on_driver_node = NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
+        self.progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_driver_node})
+        self.progress_lost = False
+        self.stop_flag = StopFlag.options(scheduling_strategy=on_driver_node).remote()
         self.stop_signal = ""  # set by the driver's signal handler; the loop turns it into a stop
         self.stop_deadline: float | None = None
         self.stop_reason = ""
-        # Launch train jobs from the driver's node: a worker node lost to preemption then takes
-        # only workers with it, never the job's controller.
-        self.driver_node = ray.get_runtime_context().get_node_id()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class Scheduler:
             checkpoints=str(self.run_dir.checkpoints(method, task).resolve()),
             log_dir=str((self.run_dir.logs / "train").resolve()),
         )
+        # Launched from the driver's node: a worker node lost to preemption then takes only
+        # workers with it, never the job's controller.
         ref = fit_train_job.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=True)
         ).remote(train_job, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
@@ -229,10 +233,16 @@ class Scheduler:
             )
 
     def drain_progress(self) -> None:
-        while True:
+        import ray
+
+        while not self.progress_lost:
             try:
                 event = self.progress.get_nowait()
             except queue.Empty:
+                return
+            except ray.exceptions.RayError as err:  # progress is best effort; the jobs go on
+                self.progress_lost = True
+                self.console.print(f"warn   progress reports lost ({type(err).__name__}); jobs continue")
                 return
             self.console.record(event)
             self.console.print(_describe_event(event))

@@ -7,9 +7,12 @@ whole worker group, and each new worker resumes from the job's latest checkpoint
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from crdist.train.worker import TrainJob, train_task
+
+log = logging.getLogger("crdist.train")
 
 
 def _train_loop_per_worker(config: dict) -> None:
@@ -17,8 +20,12 @@ def _train_loop_per_worker(config: dict) -> None:
     progress = config["progress"]
 
     def report(event: dict) -> None:
-        if progress is not None:
+        if progress is None:
+            return
+        try:
             progress.put_nowait(event)
+        except Exception:  # progress is best effort: never let it stop training
+            log.warning("could not send progress event %s", event, exc_info=True)
 
     train_task(job, report=report, stop_flag=config["stop"])
 
