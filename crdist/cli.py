@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     except CrdistError as err:
         if type(err).__name__ == "StudyStopped":
             print(f"crdist: {err}", file=sys.stderr)
-            return 143  # as a process ended by SIGTERM, which is what asked for the stop
+            return 130 if err.signal_name == "SIGINT" else 143  # as if the signal had ended the process
         print(f"crdist: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
 

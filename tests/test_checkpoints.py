@@ -73,7 +73,7 @@ def test_a_kill_mid_write_keeps_the_previous_checkpoint_and_resuming_is_exact(tm
     assert not (tmp_path / "killed" / "c_1.safetensors").exists()
 
     resumed, job = run_job(tmp_path / "killed", digits_shards)
-    assert resumed[0]["kind"] == "resume" and resumed[0]["step"] == 5
+    assert resumed[0]["kind"] == "start" and resumed[0]["step"] == 5
     after = {e["step"]: e for e in resumed if e["kind"] == "train"}
     assert sorted(after) == list(range(6, 22))
     for step, event in after.items():  # the same losses and learning rates, bit for bit
@@ -83,6 +83,20 @@ def test_a_kill_mid_write_keeps_the_previous_checkpoint_and_resuming_is_exact(tm
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
     summary = json.loads((tmp_path / "killed" / "c_1.train.json").read_text())
     assert summary["resumed_from"] == 5 and summary["steps"] == 21
+
+    # A worker group restarted after the job finished (its checkpoints already gone) trains nothing.
+    written = os.stat(job.output).st_mtime_ns
+    again, _ = run_job(tmp_path / "killed", digits_shards)
+    assert again == [] and os.stat(job.output).st_mtime_ns == written
+
+
+def test_the_newest_complete_checkpoint_wins_over_a_stale_pointer_and_a_partial(tmp_path):
+    checkpoints = TaskCheckpoints(tmp_path)
+    for name in ("step-000010", "step-000020", "step-000030.partial"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / COMPLETE).write_text("{}")  # step-30 was complete, but killed before its rename
+    (tmp_path / LATEST).write_text("step-000010")  # killed between step-20's rename and the pointer
+    assert checkpoints.latest() == tmp_path / "step-000020"
 
 
 def test_the_policy_saves_by_step_count_and_by_time_but_not_at_the_last_step():

@@ -84,13 +84,14 @@ def _steps_of(run_dir: Path, method: str, task: int) -> int:
 
 
 def _resumed_step(run_dir: Path, method: str, task: int) -> int:
-    resumes = [e["step"] for e in events(run_dir) if e.get("kind") == "resume" and (e["method"], e["task"]) == (method, task)]
-    return max(resumes, default=0)
+    starts = [e["step"] for e in events(run_dir) if e.get("kind") == "start" and (e["method"], e["task"]) == (method, task)]
+    return max(starts, default=0)
 
 
 def _resumed_after(run_dir: Path, method: str, failure: Failure) -> bool:
+    """The restarted attempt has begun (from a checkpoint, or from step 0 if none was written yet)."""
     return any(
-        e.get("kind") == "resume" and (e["method"], e["task"]) == (method, failure.task) and e["time"] > failure.killed_at
+        e.get("kind") == "start" and (e["method"], e["task"]) == (method, failure.task) and e["time"] > failure.killed_at
         for e in events(run_dir)
     )
 
@@ -99,7 +100,7 @@ def _measure(run_dir: Path, method: str, failure: Failure) -> None:
     job = [e for e in events(run_dir) if e.get("method") == method and e.get("task") == failure.task]
     before = [e["step"] for e in job if e["kind"] == "train" and e["time"] <= failure.killed_at]
     failure.last_step = max(before, default=0)
-    resume = next(e for e in job if e["kind"] == "resume" and e["time"] > failure.killed_at)
+    resume = next(e for e in job if e["kind"] == "start" and e["time"] > failure.killed_at)
     failure.resumed_from, failure.resumed_at = resume["step"], resume["time"]
     first = next(e for e in job if e["kind"] == "train" and e["time"] > resume["time"])
     failure.first_new_step_at = first["time"]

@@ -106,6 +106,8 @@ class RankStream:
             # Fork explicitly: a process started by "spawn" (torch.multiprocessing, some launchers)
             # would otherwise spawn its loaders too, and each would re-import torch for seconds.
             multiprocessing_context=_LOADER_CONTEXT if spec.loader_workers else None,
+            # Its own generator: iterating must not draw from the global RNG that checkpoints save.
+            generator=torch.Generator().manual_seed(0),
         )
         return _exactly(islice(rebatch(loader, spec.batch_size), steps), steps, f"rank {spec.rank}, task "
                         f"{spec.task} {spec.split}, epoch {epoch}")

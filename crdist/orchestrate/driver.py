@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import signal
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from crdist.data.manifest import Manifest
 from crdist.data.prepare import prepare
@@ -28,7 +26,7 @@ from crdist.orchestrate.cluster import ray_cluster
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
 from crdist.orchestrate.rundir import RunDir
-from crdist.orchestrate.scheduler import Scheduler, StudyError, eval_count
+from crdist.orchestrate.scheduler import Scheduler, StudyError, StudyStopped, eval_count
 
 
 def run_study(study, config_source: str, address: str | None = None, run_dir: Path | None = None):
@@ -38,9 +36,17 @@ def run_study(study, config_source: str, address: str | None = None, run_dir: Pa
     console = Console(run.logs)
     journal = Journal(run.journal)
     journal.record_run_start(resumed)
+    signals = _StopOnSignals()
     try:
-        console.print(f"crdist run {study.name}: config {config_source} → {run.root}{' (continuing)' if resumed else ''}")
-        return _run(study, run, address, console, journal)
+        with signals:
+            console.print(
+                f"crdist run {study.name}: config {config_source} → {run.root}{' (continuing)' if resumed else ''}"
+            )
+            return _run(study, run, address, console, journal, signals)
+    except StudyStopped as err:
+        journal.record("run-stopped", signal=err.signal_name)
+        console.log_only(f"stop   {err}")
+        raise
     except CrdistError as err:
         console.log_only(f"error  {err}")
         if err.__cause__ is not None:  # the full story behind a failed job, for the log only
@@ -50,7 +56,7 @@ def run_study(study, config_source: str, address: str | None = None, run_dir: Pa
         console.close()
 
 
-def _run(study, run: RunDir, address: str | None, console: Console, journal: Journal):
+def _run(study, run: RunDir, address: str | None, console: Console, journal: Journal, signals: "_StopOnSignals"):
     from crdist.report.write import write_report
 
     train = study.train
@@ -67,11 +73,15 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
         f"checkpoints {_describe_checkpoints(study.checkpoint)}"
     )
     with ray_cluster(study, address, console.print):
+        signals.reinstall()
         if not train.use_gpu:
             _build_deepspeed_cpu_ops(console)
         scheduler = Scheduler(study, run, manifest, console, journal)
-        with _stop_on_signals(scheduler):
+        signals.scheduler = scheduler
+        try:
             scheduler.run()
+        finally:
+            signals.scheduler = None
     summary = write_report(run, study, manifest)
     journal.record("report")
     console.print(f"done   study finished in {console.elapsed():.0f} s; report in {run.report}")
@@ -118,21 +128,36 @@ def _describe_checkpoints(cfg) -> str:
     return f"{' and '.join(when) or 'at task end only'}, keep {cfg.keep}"
 
 
-@contextmanager
-def _stop_on_signals(scheduler: Scheduler) -> Iterator[None]:
-    """SIGTERM (what schedulers send before preemption) and Ctrl-C stop the study cleanly."""
+class _StopOnSignals:
+    """SIGTERM (what schedulers send before preemption) and Ctrl-C stop the study cleanly: while
+    jobs run, the scheduler asks them to checkpoint and stop; before or after (preparing data,
+    starting Ray, writing the report: all atomic), the driver stops at once. A second Ctrl-C
+    always stops at once."""
 
-    def graceful(signum, frame):
-        if signum == signal.SIGINT and scheduler.stop_signal:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        scheduler.stop_signal = signal.Signals(signum).name  # acted on by the scheduler's loop
+    def __init__(self):
+        self.scheduler: Scheduler | None = None
+        self.previous = {}
 
-    previous = {s: signal.signal(s, graceful) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
+    def __enter__(self) -> "_StopOnSignals":
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def reinstall(self) -> None:
+        """After ``ray.init``, which puts its own handlers in place (one aborts the process)."""
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self.handle)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+    def handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.scheduler is None:
+            raise StudyStopped(f"stopped on {name} while no job was running; run the same command to continue", name)
+        if signum == signal.SIGINT and self.scheduler.stop_signal:
+            raise KeyboardInterrupt
+        self.scheduler.stop_signal = name  # acted on by the scheduler's loop
 
 
 def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console) -> None:

@@ -92,7 +92,14 @@ class RunDir:
 
 
 # Settings that change where and how a run executes but not its results: a rerun may change them.
-_EXECUTION_ONLY = (("cluster",), ("runs_dir",), ("train", "log_every"))
+_EXECUTION_ONLY = (
+    ("cluster",),
+    ("runs_dir",),
+    ("checkpoint",),  # training is deterministic: where it checkpoints never changes the result
+    ("train", "log_every"),
+    ("train", "max_failures"),
+    ("train", "placement"),
+)
 
 
 def _results_part(study: dict) -> str:

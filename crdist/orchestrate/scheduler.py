@@ -31,6 +31,10 @@ class StudyError(CrdistError, RuntimeError):
 class StudyStopped(CrdistError, RuntimeError):
     """The driver was asked to stop (SIGTERM or Ctrl-C) and stopped cleanly."""
 
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
 
 @dataclass
 class _Job:
@@ -87,7 +91,9 @@ class Scheduler:
         while self.pending:
             if self.stop_signal:
                 self.request_stop(self.stop_signal)
-            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+            if self.stop_deadline is not None and (
+                time.monotonic() > self.stop_deadline or not any(j.kind == "train" for j in self.pending.values())
+            ):
                 break
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0.5)
             self.drain_progress()
@@ -100,17 +106,24 @@ class Scheduler:
                 f"stopped on {self.stop_reason}"
                 + (f"; train jobs still running at the deadline: {', '.join(unfinished)}" if unfinished else "")
                 + ". Finished jobs and checkpoints are kept: run the same command again, or "
-                f"crdist resume {self.run_dir.root}, to continue."
+                f"crdist resume {self.run_dir.root}, to continue.",
+                self.stop_reason,
             )
 
     def request_stop(self, reason: str) -> None:
         """Ask running train jobs to checkpoint and stop, and start nothing new."""
         if self.stop_deadline is not None:
             return
+        import ray
+
         grace = self.study.checkpoint.grace_seconds
         self.stop_reason = reason
         self.stop_deadline = time.monotonic() + grace
         self.stop_flag.request.remote()
+        for ref, job in list(self.pending.items()):
+            if job.kind == "eval":  # quick to redo; not worth waiting for
+                ray.cancel(ref, force=True)
+                del self.pending[ref]
         self.journal.record("stop-requested", reason=reason)
         self.console.print(f"stop   {reason}: asking running train jobs to checkpoint and stop (grace {grace:.0f} s)")
 
@@ -144,7 +157,7 @@ class Scheduler:
         # Launched from the driver's node: a worker node lost to preemption then takes only
         # workers with it, never the job's controller.
         ref = fit_train_job.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=True)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
         ).remote(train_job, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
         self.pending[ref] = job
         self.journal.record("started", job.key)
@@ -250,8 +263,10 @@ class Scheduler:
 
 def _describe_event(event: dict) -> str:
     job = f"{event['method']} task {event['task']}/{event.get('tasks', '?')}"
-    if event["kind"] == "resume":
-        return f"train  {job}: resuming from the checkpoint at step {event['step']}/{event['steps']}"
+    if event["kind"] == "start":
+        if event["step"]:
+            return f"train  {job}: resuming from the checkpoint at step {event['step']}/{event['steps']}"
+        return f"train  {job}: started, {event['steps']} steps"
     if event["kind"] == "checkpoint":
         return f"ckpt   {job}: step {event['step']} saved" + (", stopping" if event["stopping"] else "")
     return (

@@ -6,8 +6,9 @@
                                   latest                            "step-000020"; replaced atomically after COMPLETE
 
 A checkpoint is built in ``step-NNNNNN.partial`` and renamed into place, so a kill at any moment
-(even in the middle of writing) leaves the previous checkpoint, and ``latest``, intact. A loader
-that finds ``latest`` missing or stale falls back to the newest directory holding ``COMPLETE``.
+(even in the middle of writing) leaves the previous checkpoint intact. Loading takes the newest
+directory holding ``COMPLETE`` (``latest`` is a convenience for people and tools, and may lag one
+behind after a kill). Deleting renames first, so a half-deleted checkpoint never looks complete.
 The files are crdist's own: DeepSpeed reads its part with ``torch.load`` (pickle), so load only
 checkpoints from a run directory you trust.
 """
@@ -15,16 +16,19 @@ checkpoints from a run directory you trust.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
+import re
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from crdist.atomic import write_json, write_text
+from crdist.atomic import fsync_dir, write_json, write_text
 from crdist.config import require
 from crdist.errors import CrdistError
 
@@ -83,19 +87,19 @@ class TaskCheckpoints:
         self.keep = keep
 
     def latest(self) -> Path | None:
-        pointer = self.directory / LATEST
-        if pointer.is_file():
-            candidate = self.directory / pointer.read_text().strip()
-            if (candidate / COMPLETE).is_file():
-                return candidate
-        complete = sorted(p.parent for p in self.directory.glob(f"step-*/{COMPLETE}"))
+        """The newest complete checkpoint. The ``latest`` file is for people and tools: a kill
+        between a checkpoint's rename and the pointer's update leaves it one behind."""
+        complete = [p for p in self._complete() if p.is_dir()]
         return complete[-1] if complete else None
 
     def save(self, engine, position: Position, rank: int, world: int, barrier) -> Path:
         """Every rank calls this at the same step; returns the finished checkpoint directory."""
         name = f"step-{position.step:06d}"
         final, partial = self.directory / name, self.directory / f"{name}.partial"
-        if (final / COMPLETE).is_file():
+        if agree((final / COMPLETE).is_file()):  # rank 0's view decides, so every rank returns together
+            if rank == 0:
+                write_text(self.directory / LATEST, name)
+            barrier()
             return final  # this exact state is already saved (training is deterministic)
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)  # left by a kill mid-write
@@ -108,40 +112,106 @@ class TaskCheckpoints:
             _fsync_tree(partial)
             write_json(partial / COMPLETE, {"step": position.step, "world": world, "time": time.time()})
             os.rename(partial, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             write_text(self.directory / LATEST, name)
             self._prune()
         barrier()
         return final
 
     def load(self, engine, rank: int, world: int) -> Position | None:
-        """Restore the newest complete checkpoint into ``engine``; None when there is none."""
-        checkpoint = self.latest()
-        if checkpoint is None:
+        """Restore the newest complete checkpoint into ``engine``; None when there is none.
+
+        Rank 0 chooses the checkpoint and tells the others, so every rank loads the same one even
+        when their views of shared storage differ for a moment.
+        """
+        chosen = agree(self.latest().name if rank == 0 and self.latest() is not None else None)
+        if chosen is None:
             return None
+        checkpoint = self.directory / chosen
+        position_file = checkpoint / f"position-rank{rank}.json"
+        if not position_file.is_file():
+            raise CheckpointError(f"{position_file}: missing (rank {rank} cannot see checkpoint {chosen})")
         written_by = json.loads((checkpoint / COMPLETE).read_text())["world"]
         if written_by != world:
             raise CheckpointError(
                 f"{checkpoint} was written by {written_by} workers; resume it with train.workers={written_by} "
                 f"(ZeRO partitions and data positions depend on the number of workers)"
             )
-        engine.load_checkpoint(
+        loaded, _ = engine.load_checkpoint(
             str(checkpoint), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
         )
-        position = Position(**json.loads((checkpoint / f"position-rank{rank}.json").read_text()))
+        if loaded is None:
+            raise CheckpointError(f"{checkpoint}: DeepSpeed found no checkpoint to load")
+        position = Position(**json.loads(position_file.read_text()))
         position.restore_rng()
         return position
 
     def clear(self) -> None:
-        """Drop the task's checkpoints once its final weights are safely written."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Drop the task's checkpoints once its final weights are safely written. Renamed first,
+        so a kill halfway through deleting never leaves something that looks like a checkpoint."""
+        _remove(self.directory)
+
+    def _complete(self) -> list[Path]:
+        return sorted(p.parent for p in self.directory.glob(f"step-*/{COMPLETE}") if _STEP.fullmatch(p.parent.name))
 
     def _prune(self) -> None:
-        complete = sorted(p.parent for p in self.directory.glob(f"step-*/{COMPLETE}"))
-        for old in complete[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for partial in self.directory.glob("step-*.partial"):
-            shutil.rmtree(partial, ignore_errors=True)
+        for old in self._complete()[: -self.keep]:
+            _remove(old)
+        for leftover in self.directory.glob("step-*.partial"):
+            _remove(leftover)
+
+
+class JobLock:
+    """Held by rank 0 of the worker group training a job, so that a restarted group never works in
+    the checkpoint directory while a dying one still does (an advisory ``flock``, released by the
+    kernel when its holder dies)."""
+
+    def __init__(self, directory: Path, timeout: float = 300.0):
+        self.path = directory.parent / f".{directory.name}.lock"
+        self.timeout = timeout
+        self._file = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CheckpointError(f"{self.path}: still locked after {self.timeout:.0f} s by another "
+                                          "worker group training this job") from None
+                time.sleep(0.2)
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
+_STEP = re.compile(r"step-\d{6}")
+
+
+def agree(value):
+    """Rank 0's ``value`` on every rank (identity outside a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _remove(path: Path) -> None:
+    if not path.exists():
+        return
+    doomed = path.with_name(f"{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -149,12 +219,4 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             with open(os.path.join(folder, name), "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(folder))

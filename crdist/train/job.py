@@ -33,6 +33,7 @@ def _train_loop_per_worker(config: dict) -> None:
 def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | None:
     """Run the job on the connected Ray cluster; returns its training summary, or None when it
     stopped early on request (checkpointed, no weights written)."""
+    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -52,9 +53,11 @@ def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | N
             failure_config=FailureConfig(max_failures=train.max_failures),
         ),
     )
-    trainer.fit()
-    summary = summary_path(job)
-    return json.loads(summary.read_text()) if Path(job.output).is_file() else None
+    if not Path(job.output).is_file():  # a retried launcher whose job had already finished skips this
+        if stop is not None and ray.get(stop.requested.remote()):
+            return None  # stopping: do not start a job only to stop it
+        trainer.fit()
+    return json.loads(summary_path(job).read_text()) if Path(job.output).is_file() else None
 
 
 def summary_path(job: TrainJob) -> Path:

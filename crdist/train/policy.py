@@ -39,8 +39,10 @@ class StopWatcher:
                 if ray.get(self._flag.requested.remote(), timeout=30):
                     self._requested.set()
                     return
-            except Exception:  # the driver is gone: Ray ends this job itself
-                return
+            except ray.exceptions.GetTimeoutError:
+                continue  # a slow answer: ask again
+            except ray.exceptions.RayActorError:
+                return  # the driver is gone: Ray ends this job itself
 
 
 class CheckpointPolicy:
@@ -59,6 +61,11 @@ class CheckpointPolicy:
         if step >= total:  # the task is done: its final weights are written next, not a checkpoint
             return False, False
         return stop or time_due or by_steps, stop
+
+    def stop_requested(self, accelerator) -> bool:
+        """Whether any rank has seen a stop request. A collective, like ``decide``."""
+        flag = torch.tensor([float(self.stop is not None and self.stop.requested())], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def saved(self) -> None:
         self.last_save = time.monotonic()

@@ -6,6 +6,7 @@ RANK / WORLD_SIZE / MASTER_ADDR environment). All ranks run exactly the same num
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from crdist.methods.base import Method, Phase, TaskContext, build_method
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
 from crdist.seeding import derive_seed
-from crdist.train.checkpoint import Position, TaskCheckpoints
+from crdist.train.checkpoint import JobLock, Position, TaskCheckpoints, agree
 from crdist.train.engine import make_accelerator, param_groups, reset_optimizer_state, set_learning_rates
 from crdist.train.policy import CheckpointPolicy, StopWatcher
 from crdist.train.schedule import lr_at
@@ -78,10 +79,18 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
     # Who is training this rank right now: what an operator (or a failure test) kills.
     write_text(log_dir / f"{job.method}-task{job.task}-rank{rank}.pid", str(os.getpid()))
     stop = StopWatcher(stop_flag) if stop_flag is not None and rank == 0 else None
+    lock = JobLock(Path(job.checkpoints)) if rank == 0 else None
     try:
         log.info("%s: rank %d of %d, pid %d", job.label, rank, world, os.getpid())
-        run = _setup(job, world, rank)
-        result = _fit(run, job, report, CheckpointPolicy(job.study.checkpoint, stop))
+        accelerator = make_accelerator(job.study.train, world)
+        if agree(Path(job.output).is_file()):  # a restart after the job had already finished
+            log.info("%s: already finished, weights in %s", job.label, job.output)
+            return _finished(job)
+        if lock is not None:
+            lock.acquire()  # a dying attempt's rank 0 may still be working in the checkpoint directory
+        run = _setup(job, accelerator, world, rank)
+        policy = CheckpointPolicy(job.study.checkpoint, stop)
+        result = _fit(run, job, report, policy)
         if not result.stopped:
             _save(run, job, result)
         return result
@@ -91,7 +100,15 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
     finally:
         if stop is not None:
             stop.close()
+        if lock is not None:
+            lock.release()
         _stop_logging_to(handler)
+
+
+def _finished(job: TrainJob) -> TaskResult:
+    summary = json.loads(Path(job.output).with_suffix(".train.json").read_text())
+    summary.pop("job", None)
+    return TaskResult(**summary)
 
 
 @dataclass
@@ -110,9 +127,8 @@ class _Run:
     start: Position  # where this attempt begins: step 0, or the latest checkpoint
 
 
-def _setup(job: TrainJob, world: int, rank: int) -> _Run:
+def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     cfg = job.study
-    accelerator = make_accelerator(cfg.train, world)
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(derive_seed(cfg.seed, "train", job.method, job.task, rank))
 
@@ -158,11 +174,14 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
     step, stopped = run.start.step, False
     if step:
         _enter_phase(model, optimizer, *schedule[step], resumed=True)
-        _report(accelerator, report, {"kind": "resume", "job": job.label, "method": job.method, "task": job.task,
-                                      "tasks": job.num_tasks, "step": step, "steps": run.total_steps})
+    # Every attempt announces where it starts: 0, or the checkpoint it resumed from.
+    _report(accelerator, report, {"kind": "start", "job": job.label, "method": job.method, "task": job.task,
+                                  "tasks": job.num_tasks, "step": step, "steps": run.total_steps})
+    if policy.stop_requested(accelerator):  # asked to stop while starting up: nothing new to save
+        stopped = True
     started = time.perf_counter()
     window = _ThroughputWindow(started)
-    for epoch in range(run.start.epoch, len(run.steps_per_epoch)):
+    for epoch in range(run.start.epoch, len(run.steps_per_epoch) if not stopped else 0):
         # Resuming mid-epoch replays the epoch's deterministic stream up to the saved position.
         skip = run.start.batch_in_epoch if epoch == run.start.epoch else 0
         for batch_in_epoch, (images, labels) in enumerate(run.stream.batches(epoch), start=1):
