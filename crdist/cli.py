@@ -98,11 +98,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a benchmark's tasks as WebDataset tar shards plus manifest.json (atomically: an "
         "interrupted preparation never looks finished). With --verify, re-hash prepared shards instead.",
     )
-    prepare.add_argument("benchmark", nargs="?", help="benchmark name, e.g. seq-digits")
+    prepare.add_argument(
+        "benchmark", nargs="?", help="seq-digits, seq-cifar10, seq-cifar100, seq-tinyimagenet, fmow, seq-fashion-mnist, "
+        "text-5, sentiment-domains, imagefolder or csv"
+    )
     prepare.add_argument("--out", type=Path, help="output directory for shards and manifest")
     prepare.add_argument("--root", help="where the raw dataset lives (when the benchmark needs one)")
     prepare.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="data option, e.g. tasks=5"
+    )
+    prepare.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable samples (listed in the manifest) instead of stopping"
     )
     prepare.add_argument("--verify", type=Path, metavar="DIR", help="re-hash the shards in DIR against its manifest")
     prepare.set_defaults(handler=_prepare)
@@ -188,7 +194,7 @@ def _prepare(args) -> int:
     if not args.benchmark or not args.out:
         print("crdist prepare: give BENCHMARK and --out DIR, or --verify DIR", file=sys.stderr)
         return 2
-    raw = {"benchmark": args.benchmark, "shards": str(args.out), "root": args.root}
+    raw = {"benchmark": args.benchmark, "shards": str(args.out), "root": args.root, "skip_corrupt": args.skip_corrupt}
     overrides = [item.removeprefix("data.") for item in args.overrides]
     prepare(from_dict(DataConfig, raw, source="crdist prepare", overrides=overrides))
     return 0

@@ -9,7 +9,8 @@ import webdataset as wds
 
 from crdist.data.manifest import ImageInfo, Manifest, SplitRecord, TaskRecord
 from crdist.data.prepare import PrepareError, prepare
-from crdist.data.samples import decode_pixels, encode_image_sample
+from crdist.data.samples import ImageDecoder, decode_pixels
+from crdist.data.sources.base import png_bytes
 from crdist.data.shards import verify, write_shards
 from crdist.data.sources.digits import load_digits
 from crdist.data.stream import RankStream, StreamError, StreamSpec, read_split
@@ -50,10 +51,10 @@ def test_prepared_digits_hold_the_source_pixels_and_labels(digits_shards):
             for key, sample in samples.items():
                 row = int(key.rsplit("-", 1)[1])
                 label = int(sample["cls"])
-                assert label == source.labels[row] and label in task.classes
-                np.testing.assert_array_equal(decode_pixels(sample, 1), source.images[row])
+                assert label == source.samples[row].label and label in task.classes
+                np.testing.assert_array_equal(decode_pixels(sample, 1), source.arrays[row])
             seen += split.count if split_name != "adapt" else 0
-    assert seen == len(source.labels)  # train + test of all tasks = every digit once
+    assert seen == len(source.samples)  # train + test of all tasks = every digit once
     # adaptation rows are train rows, never test rows
     for task in manifest.tasks:
         rows = {s: {k.rsplit("-", 1)[1] for k in raw_samples([manifest.url(x) for x in task.splits[s].shards])}
@@ -62,13 +63,17 @@ def test_prepared_digits_hold_the_source_pixels_and_labels(digits_shards):
         assert task.splits["adapt"].per_class == {str(c): 30 for c in task.classes}
 
 
+DECODE = ImageDecoder(channels=1, mean=[0.0], std=[1.0])
+
+
 def numbered_stream(tmp_path, shard_counts):
     """One task whose sample i is an 8×8 image filled with value i (so a decoded image names its sample)."""
     shards, i = [], 0
     for k, count in enumerate(shard_counts):
         samples = []
         for _ in range(count):
-            samples.append(encode_image_sample(f"{i:04d}", np.full((8, 8, 1), i, np.uint8), i % 10))
+            pixels = np.full((8, 8, 1), i, np.uint8)
+            samples.append({"__key__": f"{i:04d}", "png": png_bytes(pixels), "cls": str(i % 10).encode()})
             i += 1
         shards += write_shards(tmp_path, f"task-1/train-{k}", iter(samples), shard_size=count)
     split = SplitRecord(count=i, per_class={}, shards=shards)
@@ -86,7 +91,7 @@ def ids_per_rank(manifest, world, batch_size, epoch=0, loader_workers=2):
     for rank in range(world):
         spec = StreamSpec(task=1, split="train", rank=rank, world=world, batch_size=batch_size,
                           loader_workers=loader_workers, shuffle_buffer=20, seed=0)
-        batches = list(RankStream(manifest, spec).batches(epoch))
+        batches = list(RankStream(manifest, spec, DECODE).batches(epoch))
         assert all(len(y) == batch_size for _, y in batches)
         ranks.append([round(v) for x, _ in batches for v in (x[:, 0, 0, 0] * 255).tolist()])
     return ranks
@@ -107,7 +112,7 @@ def test_uneven_shards_still_give_every_rank_the_same_number_of_batches(tmp_path
     assert len(ranks[0]) == len(ranks[1])
     assert len(set(ranks[0] + ranks[1])) == len(ranks[0]) + len(ranks[1])  # no duplicates
     spec = StreamSpec(task=1, split="train", rank=0, world=2, batch_size=8, loader_workers=2, shuffle_buffer=20, seed=0)
-    assert len(ranks[0]) == 8 * RankStream(manifest, spec).steps_in_epoch(0)
+    assert len(ranks[0]) == 8 * RankStream(manifest, spec, DECODE).steps_in_epoch(0)
 
 
 def test_a_truncated_shard_is_named_in_the_error(tmp_path):
@@ -115,7 +120,7 @@ def test_a_truncated_shard_is_named_in_the_error(tmp_path):
     shard = tmp_path / manifest.tasks[0].splits["train"].shards[1].path
     shard.write_bytes(shard.read_bytes()[:700])
     with pytest.raises(StreamError, match=str(shard)):
-        read_split(manifest, 1, "train")
+        read_split(manifest, 1, "train", DECODE)
     assert any(str(shard) in problem for problem in verify(manifest))
 
 
@@ -132,7 +137,7 @@ def test_a_corrupt_image_is_named_in_the_error(tmp_path):
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
     with pytest.raises(Exception, match=rf"{shard}.*cannot decode image"):
-        read_split(manifest, 1, "train")
+        read_split(manifest, 1, "train", DECODE)
 
 
 def test_preparing_twice_reuses_and_a_half_written_preparation_is_not_mistaken(tmp_path):
@@ -155,19 +160,20 @@ def test_preparing_twice_reuses_and_a_half_written_preparation_is_not_mistaken(t
 
 KILLED_MIDWAY = """
 import os, signal, sys
-import crdist.data.prepare as prepare_module
+import crdist.data.writer as writer
 from crdist.config import from_dict
+from crdist.data.prepare import prepare
 from crdist.study import StudyConfig
 
-real_write = prepare_module.write_shards
+real_write = writer.write_shard
 written = []
 def write_then_die(*args, **kwargs):
     written.append(1)
-    if len(written) == 4:
-        os.kill(os.getpid(), signal.SIGKILL)  # as a preemption would: no cleanup runs
+    if len(written) == 3:  # in a shard-writing process: kill the whole preparation, as a preemption would
+        os.killpg(0, signal.SIGKILL)
     return real_write(*args, **kwargs)
-prepare_module.write_shards = write_then_die
-prepare_module.prepare(from_dict(StudyConfig, {"data": {"shards": sys.argv[1]}}).data)
+writer.write_shard = write_then_die
+prepare(from_dict(StudyConfig, {"data": {"shards": sys.argv[1]}}).data)
 """
 
 
@@ -176,7 +182,8 @@ def test_a_killed_preparation_never_looks_finished_and_a_rerun_completes_it(tmp_
     import sys
 
     out = tmp_path / "digits"
-    killed = subprocess.run([sys.executable, "-c", KILLED_MIDWAY, str(out)], capture_output=True, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MIDWAY, str(out)], capture_output=True, timeout=120,
+                            start_new_session=True)
     assert killed.returncode == -9
     assert not out.exists()
     partials = list(tmp_path.glob(".digits.partial-*"))

@@ -35,7 +35,7 @@ def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **trai
         lpft={"probe_fraction": probe_fraction, "probe_lr": 0.01},
     )
     c0 = tmp_path / "c_0.safetensors"
-    save_weights(build_classifier(cfg.model.backbone, 1, 10, cfg.seed).state_dict(), c0)
+    save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), c0)
     job = TrainJob(study=cfg, method=method, task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
                    output=str(tmp_path / "c_1.safetensors"), checkpoints=str(tmp_path / "checkpoints"),
                    log_dir=str(tmp_path / "logs"))

@@ -52,6 +52,7 @@ class ImageInfo:
     # whole stream (as the usual CIFAR constants are), so a checkpoint sees the same inputs on every task.
     mean: list[float]
     std: list[float]
+    resize: bool = False  # images are resized to height × width when decoded
 
 
 @dataclass
@@ -63,8 +64,15 @@ class Manifest:
     class_names: list[str]
     image: ImageInfo | None
     tasks: list[TaskRecord]
+    modality: str = "image"  # "image" or "text"
+    skipped: list[dict] = field(default_factory=list)  # unreadable samples left out (--skip-corrupt)
     format: str = FORMAT
     root: Path = field(default=Path("."), compare=False, repr=False)
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels a backbone takes; 0 for a text stream."""
+        return self.image.channels if self.image is not None else 0
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +90,11 @@ class Manifest:
             raise ManifestError(f"{self.root / FILENAME}: task {task} has no split {split!r}")
         return record.splits[split]
 
-    def url(self, shard: ShardRecord) -> str:
+    def url(self, shard: ShardRecord, template: str | None = None) -> str:
+        """Where a reader opens ``shard``: under the manifest's directory, or through ``template``
+        (e.g. ``pipe:aws s3 cp s3://bucket/stream/{path} -``) when the shards live elsewhere."""
+        if template:
+            return template.format(path=shard.path, root=self.root)
         return str(self.root / shard.path)
 
     def save(self, directory: Path) -> None:
@@ -121,6 +133,8 @@ class Manifest:
                 class_names=data["class_names"],
                 image=image,
                 tasks=tasks,
+                modality=data.get("modality", "image"),
+                skipped=data.get("skipped", []),
                 format=data["format"],
                 root=directory.resolve(),
             )

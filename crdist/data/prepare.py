@@ -7,11 +7,13 @@ written, so a killed preparation never leaves a directory that looks finished; a
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import socket
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +23,9 @@ import crdist
 from crdist.data.benchmarks import BENCHMARKS
 from crdist.data.config import DataConfig
 from crdist.data.manifest import FILENAME, ImageInfo, Manifest, SplitRecord, TaskRecord
-from crdist.data.samples import encode_image_sample
-from crdist.data.shards import verify, write_shards
-from crdist.data.tasks import SPLITS
+from crdist.data.shards import verify
+from crdist.data.tasks import SPLITS, TaskError
+from crdist.data.writer import ShardPlan, write_all
 from crdist.errors import CrdistError
 
 
@@ -49,7 +51,7 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
     tmp = out.parent / f".{out.name}.partial-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        manifest = _build(cfg, params, tmp)
+        manifest = _build(cfg, params, tmp, log)
         if out.exists():
             out.rmdir()  # empty, checked above (or filled meanwhile: ENOTEMPTY below)
         os.rename(tmp, out)
@@ -63,8 +65,9 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
         raise
     manifest.root = out.resolve()
     seconds = time.perf_counter() - started
-    total = sum(s.count for t in manifest.tasks for name, s in t.splits.items() if name != "adapt")
-    log(f"prepared {cfg.benchmark} in {seconds:.1f} s ({total / seconds:,.0f} samples/s) → {out}")
+    total = sum(s.count for t in manifest.tasks for s in t.splits.values())
+    log(f"prepared {cfg.benchmark}: {total:,} samples in {seconds:.1f} s ({total / seconds:,.0f} samples/s, "
+        f"{os.cpu_count()} processes) → {out}")
     return manifest
 
 
@@ -83,46 +86,84 @@ def _reuse(out: Path, params: dict, log: Callable[[str], None]) -> Manifest:
     return manifest
 
 
-def _build(cfg: DataConfig, params: dict, directory: Path) -> Manifest:
-    images, tasks = BENCHMARKS.get(cfg.benchmark)(cfg)
-    rng = np.random.default_rng(cfg.seed)
+def _build(cfg: DataConfig, params: dict, directory: Path, log: Callable[[str], None]) -> Manifest:
+    try:
+        source, tasks = BENCHMARKS.get(cfg.benchmark)(cfg)
+    except TaskError as err:
+        raise PrepareError(f"{cfg.benchmark}: {err}") from None
+    plans, places = _plan(cfg, source, tasks)
+    results = write_all(source, plans, directory, cfg.skip_corrupt, log)
     records = []
     for task in tasks:
         splits = {}
         for split in SPLITS:
-            rows = task.indices[split]
-            if split == "train":
-                rows = rng.permutation(rows)  # mix classes within and across shards
-            samples = (
-                encode_image_sample(f"{task.index:02d}-{split}-{row:06d}", images.images[row], images.labels[row])
-                for row in rows
-            )
-            shards = write_shards(directory, f"{task.name}/{split}", samples, cfg.shard_size)
-            labels, counts = np.unique(images.labels[rows], return_counts=True)
-            per_class = {str(int(c)): int(n) for c, n in zip(labels, counts)}
-            splits[split] = SplitRecord(count=len(rows), per_class=per_class, shards=shards)
+            mine = [r for r, place in zip(results, places) if place == (task.index, split)]
+            per_class = Counter()
+            for r in mine:
+                per_class.update(r.per_class)
+            count = sum(r.record.count for r in mine)
+            if count == 0 and split != "adapt":
+                raise PrepareError(f"{cfg.benchmark}: task {task.index} ({task.name}) has no {split} samples")
+            splits[split] = SplitRecord(count, {str(c): n for c, n in sorted(per_class.items())},
+                                        [r.record for r in mine])
         records.append(TaskRecord(index=task.index, name=task.name, classes=task.classes, splits=splits))
-
-    train_rows = np.concatenate([t.indices["train"] for t in tasks])
-    pixels = images.images[train_rows].astype(np.float64) / 255.0
-    _, height, width, channels = images.images.shape
+    # An adaptation sample is also a train sample: a bad one is met (and listed) once.
+    skipped = list({s["sample"]: s for s in source.skipped + [s for r in results for s in r.skipped]}.values())
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable sample(s), listed in the manifest")
     manifest = Manifest(
         benchmark=cfg.benchmark,
         crdist_version=crdist.__version__,
-        source={"description": images.description, "fingerprint": images.fingerprint},
+        source={"description": source.description, "fingerprint": source.fingerprint},
         params=params,
-        class_names=images.class_names,
-        image=ImageInfo(
-            channels=channels,
-            height=height,
-            width=width,
-            mean=[float(m) for m in pixels.mean(axis=(0, 1, 2))],
-            std=[float(s) for s in pixels.std(axis=(0, 1, 2))],
-        ),
+        class_names=source.class_names,
+        image=_image_info(cfg, source, results) if source.modality == "image" else None,
         tasks=records,
+        modality=source.modality,
+        skipped=skipped,
     )
     manifest.save(directory)  # last: its presence marks the preparation finished
     return manifest
+
+
+def _plan(cfg: DataConfig, source, tasks) -> tuple[list[ShardPlan], list[tuple[int, str]]]:
+    """Which rows go into which shard: per task and split, train rows shuffled (seeded) so that
+    every shard mixes the task's classes."""
+    rng = np.random.default_rng(cfg.seed)
+    plans, places = [], []
+    for task in tasks:
+        for split in SPLITS:
+            rows = task.indices[split]
+            if split == "train":
+                rows = rng.permutation(rows)
+            size = cfg.shard_size or max(16, min(1000, math.ceil(len(rows) / 8)))
+            for k, start in enumerate(range(0, len(rows), size)):
+                chunk = rows[start : start + size].tolist()
+                keys = [f"{task.index:02d}-{split}-{_tar_key(source.samples[r].key)}" for r in chunk]
+                plans.append(ShardPlan(f"task-{task.index}/{split}-{k:05d}", chunk, keys, stats=split == "train"))
+                places.append((task.index, split))
+    return plans, places
+
+
+def _tar_key(key: str) -> str:
+    # WebDataset splits a member name at its first dot into key and extension.
+    return key.replace(".", "_").replace("/", "_")
+
+
+def _image_info(cfg: DataConfig, source, results) -> ImageInfo:
+    sizes = set().union(*(r.sizes for r in results))
+    if cfg.image_size is None and len(sizes) > 1:
+        shown = ", ".join(f"{w}×{h}" for w, h in sorted(sizes)[:5])
+        raise PrepareError(f"{cfg.benchmark}: images come in {len(sizes)} sizes ({shown}…); set data.image_size "
+                           "to resize them to one square size when they are decoded")
+    width, height = (cfg.image_size, cfg.image_size) if cfg.image_size else next(iter(sizes))
+    pixels = sum(r.pixels for r in results)
+    total = sum(r.pixel_sum for r in results if r.pixel_sum is not None)
+    squares = sum(r.pixel_sq_sum for r in results if r.pixel_sq_sum is not None)
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
+    return ImageInfo(channels=source.channels, height=height, width=width, mean=[float(m) for m in mean],
+                     std=[float(s) for s in std], resize=cfg.image_size is not None)
 
 
 def _remove_stale_partials(out: Path) -> None:

@@ -1,12 +1,15 @@
-"""How one sample is stored in a shard and turned back into tensors.
+"""How one shard sample turns back into model inputs, and how inputs are batched.
 
-A sample is a tar member group: ``<key>.png`` (lossless, so stored pixels come back exactly) and
-``<key>.cls`` (the label as ASCII digits). Nothing in a shard is unpickled.
+A sample is a tar member group: the content (``png`` or ``jpg`` image bytes, or ``txt`` UTF-8
+text) and ``cls`` (the label as ASCII digits). Nothing in a shard is unpickled. Images become
+normalised C × H × W tensors; text is tokenised here, in the loader, with the backbone's own
+tokenizer, so one shard set serves every text backbone.
 """
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import torch
@@ -14,17 +17,11 @@ from PIL import Image
 
 from crdist.errors import CrdistError
 
+Inputs = "torch.Tensor | dict[str, torch.Tensor]"  # images, or a text backbone's tokenised fields
+
 
 class SampleError(CrdistError, ValueError):
     """A shard member that cannot be decoded; the message names the shard and the sample."""
-
-
-def encode_image_sample(key: str, image: np.ndarray, label: int) -> dict:
-    mode = {1: "L", 3: "RGB"}[image.shape[-1]]
-    pixels = image[..., 0] if image.shape[-1] == 1 else image
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG", compress_level=6)
-    return {"__key__": key, "png": buffer.getvalue(), "cls": str(int(label)).encode("ascii")}
 
 
 def decode_label(sample: dict) -> int:
@@ -34,13 +31,16 @@ def decode_label(sample: dict) -> int:
         raise SampleError(f"{_where(sample)}: bad or missing label ({err})") from None
 
 
-def decode_pixels(sample: dict, channels: int) -> np.ndarray:
-    """PNG bytes → uint8 H × W × C."""
+def decode_pixels(sample: dict, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Image bytes → uint8 H × W × C, converted to ``channels`` and resized to ``size`` (w, h) if given."""
+    data = sample.get("png") or sample.get("jpg")
     try:
-        with Image.open(io.BytesIO(sample["png"])) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image = image.convert({1: "L", 3: "RGB"}[channels])
+            if size is not None and image.size != size:
+                image = image.resize(size, Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
-    except (KeyError, OSError, ValueError) as err:
+    except (TypeError, OSError, ValueError) as err:
         raise SampleError(f"{_where(sample)}: cannot decode image ({type(err).__name__}: {err})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
@@ -48,20 +48,75 @@ def decode_pixels(sample: dict, channels: int) -> np.ndarray:
 class ImageDecoder:
     """Shard sample → (normalised C × H × W float tensor, label). Picklable for loader workers."""
 
-    def __init__(self, channels: int, mean: list[float], std: list[float]):
+    def __init__(self, channels: int, mean: list[float], std: list[float], size: tuple[int, int] | None = None):
         self.channels = channels
+        self.size = size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
-        pixels = decode_pixels(sample, self.channels)
+        pixels = decode_pixels(sample, self.channels, self.size)
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
         return (image - self.mean) / self.std, decode_label(sample)
 
 
-def collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*samples)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+class TextDecoder:
+    """Shard sample → (tokenised fields padded to ``max_length``, label)."""
+
+    def __init__(self, tokenizer_path: str, max_length: int):
+        from transformers import AutoTokenizer
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers are forked
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+        self.max_length = max_length
+
+    def __call__(self, sample: dict) -> tuple[dict[str, torch.Tensor], int]:
+        try:
+            text = sample["txt"].decode("utf-8")
+        except (KeyError, UnicodeDecodeError) as err:
+            raise SampleError(f"{_where(sample)}: bad or missing text ({err})") from None
+        tokens = self.tokenizer(text, truncation=True, max_length=self.max_length, padding="max_length",
+                                return_tensors="pt")
+        return {k: v[0] for k, v in tokens.items() if k in ("input_ids", "attention_mask")}, decode_label(sample)
+
+
+def make_decoder(manifest, model_cfg):
+    if manifest.modality == "text":
+        return TextDecoder(model_cfg.pretrained, model_cfg.max_length)
+    info = manifest.image
+    return ImageDecoder(info.channels, info.mean, info.std, (info.width, info.height) if info.resize else None)
+
+
+def collate(samples: list[tuple[Inputs, int]]) -> tuple[Inputs, torch.Tensor]:
+    inputs, labels = zip(*samples)
+    if isinstance(inputs[0], dict):
+        batched = {k: torch.stack([x[k] for x in inputs]) for k in inputs[0]}
+    else:
+        batched = torch.stack(inputs)
+    return batched, torch.tensor(labels, dtype=torch.long)
+
+
+def concat(parts: list[Inputs]) -> Inputs:
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def take(inputs: Inputs, index) -> Inputs:
+    """Rows ``index`` (a slice or an index tensor) of a batch of inputs."""
+    if isinstance(inputs, dict):
+        return {k: v[index] for k, v in inputs.items()}
+    return inputs[index]
+
+
+def count(inputs: Inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def to_device(inputs: Inputs, device) -> Inputs:
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
 
 
 def _where(sample: dict) -> str:

@@ -12,39 +12,36 @@ import webdataset as wds
 from crdist.data.manifest import Manifest, ShardRecord
 
 
-def write_shards(directory: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[ShardRecord]:
-    """Write ``samples`` (tar member dicts) as ``<prefix>-00000.tar``, ... of ``shard_size`` samples each.
+def write_shard(directory: Path, name: str, samples: Iterable[dict]) -> ShardRecord:
+    """Write ``samples`` (tar member dicts) as ``directory/name.tar``; returns its record.
 
     Members carry mtime 0, so the same samples always give byte-identical shards and hashes.
     """
+    path = directory / f"{name}.tar"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "wb") as stream:
+        with wds.TarWriter(stream, encoder=False, mtime=0.0) as writer:
+            for sample in samples:
+                writer.write(sample)
+                count += 1
+        stream.flush()
+        os.fsync(stream.fileno())
+    return ShardRecord(path=str(path.relative_to(directory)), count=count, bytes=path.stat().st_size,
+                       sha256=sha256_of(path))
+
+
+def write_shards(directory: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[ShardRecord]:
+    """Write ``samples`` as ``<prefix>-00000.tar``, ``<prefix>-00001.tar``, … of ``shard_size`` each."""
     records: list[ShardRecord] = []
     batch: list[dict] = []
-
-    def flush() -> None:
-        path = directory / f"{prefix}-{len(records):05d}.tar"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as stream:
-            with wds.TarWriter(stream, encoder=False, mtime=0.0) as writer:
-                for sample in batch:
-                    writer.write(sample)
-            stream.flush()
-            os.fsync(stream.fileno())
-        records.append(
-            ShardRecord(
-                path=str(path.relative_to(directory)),
-                count=len(batch),
-                bytes=path.stat().st_size,
-                sha256=sha256_of(path),
-            )
-        )
-        batch.clear()
-
     for sample in samples:
         batch.append(sample)
         if len(batch) == shard_size:
-            flush()
+            records.append(write_shard(directory, f"{prefix}-{len(records):05d}", batch))
+            batch = []
     if batch:
-        flush()
+        records.append(write_shard(directory, f"{prefix}-{len(records):05d}", batch))
     return records
 
 

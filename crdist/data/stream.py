@@ -21,7 +21,7 @@ import torch
 import webdataset as wds
 
 from crdist.data.manifest import Manifest, ShardRecord
-from crdist.data.samples import ImageDecoder, SampleError, collate
+from crdist.data.samples import SampleError, collate, concat, take
 from crdist.errors import CrdistError
 
 
@@ -60,19 +60,23 @@ def _full_batches_of_poorest_rank(shards: list[ShardRecord], spec: StreamSpec, e
 
 
 class RankStream:
-    """The batches one rank trains on, epoch by epoch."""
+    """The batches one rank trains on, epoch by epoch.
 
-    def __init__(self, manifest: Manifest, spec: StreamSpec):
+    ``decode`` turns a shard sample into (inputs, label) (see crdist.data.samples.make_decoder);
+    ``url_template`` maps a shard's path to what WebDataset opens (e.g. a ``pipe:`` command).
+    """
+
+    def __init__(self, manifest: Manifest, spec: StreamSpec, decode=None, url_template: str | None = None):
         self.manifest = manifest
         self.spec = spec
+        self.decode = decode
+        self.url_template = url_template
         self.shards = manifest.split(spec.task, spec.split).shards
         if len(self.shards) < spec.world:
             raise StreamError(
                 f"task {spec.task} {spec.split} split has {len(self.shards)} shard(s) for {spec.world} ranks; "
                 f"prepare it with a smaller data.shard_size so that every rank gets at least one shard"
             )
-        info = manifest.image
-        self.decode = ImageDecoder(info.channels, info.mean, info.std)
 
     def steps_in_epoch(self, epoch: int) -> int:
         """Full batches the poorest rank can fill this epoch; every rank runs exactly this many."""
@@ -88,7 +92,7 @@ class RankStream:
                 "lower train.batch_size or use fewer workers"
             )
         order = epoch_order(self.shards, spec.seed, spec.task, epoch)
-        urls = [self.manifest.url(s) for s in rank_shards(order, spec.rank, spec.world)]
+        urls = [self.manifest.url(s, self.url_template) for s in rank_shards(order, spec.rank, spec.world)]
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
@@ -127,25 +131,23 @@ def _exactly(batches: Iterator, steps: int, where: str) -> Iterator:
 
 def rebatch(batches, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Regroup the loader workers' (possibly partial) batches into full batches of ``size``."""
-    images: list[torch.Tensor] = []
+    inputs: list = []
     labels: list[torch.Tensor] = []
     held = 0
     for x, y in batches:
-        images.append(x)
+        inputs.append(x)
         labels.append(y)
         held += len(y)
         while held >= size:
-            x_all, y_all = torch.cat(images), torch.cat(labels)
-            yield x_all[:size], y_all[:size]
-            images, labels = [x_all[size:]], [y_all[size:]]
+            x_all, y_all = concat(inputs), torch.cat(labels)
+            yield take(x_all, slice(0, size)), y_all[:size]
+            inputs, labels = [take(x_all, slice(size, None))], [y_all[size:]]
             held -= size
 
 
-def read_split(manifest: Manifest, task: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def read_split(manifest: Manifest, task: int, split: str, decode, url_template: str | None = None):
     """A whole (small) split in shard order, decoded, in this process: for evaluation."""
-    info = manifest.image
-    decode = ImageDecoder(info.channels, info.mean, info.std)
-    urls = [manifest.url(s) for s in manifest.split(task, split).shards]
+    urls = [manifest.url(s, url_template) for s in manifest.split(task, split).shards]
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_name_the_shard), wds.map(decode)
     )
@@ -153,7 +155,8 @@ def read_split(manifest: Manifest, task: int, split: str) -> tuple[torch.Tensor,
     expected = manifest.split(task, split).count
     if len(samples) != expected:
         raise StreamError(f"task {task} {split}: read {len(samples)} samples, the manifest lists {expected}")
-    return collate(samples)
+    inputs, labels = collate(samples)
+    return inputs, labels
 
 
 def _name_the_shard(exn: Exception) -> bool:

@@ -1,4 +1,15 @@
-"""Split one labelled set into a class-incremental stream of tasks, each with train/test/adapt splits."""
+"""Split a source into a stream of tasks, each with train / test / adapt splits.
+
+Two kinds of stream:
+- class-incremental (Seq-CIFAR, Seq-TinyImageNet, Fashion-MNIST, digits, image folders): task t
+  holds the classes ``class_order[t·k : (t+1)·k]``;
+- domain-incremental (FMoW by region or year, text datasets, sentiment domains): task t holds
+  every sample of domain t, with whatever classes that domain has.
+
+Test rows are the source's own test split; a source without one (digits, sentiment) gives each
+class a seeded ``test_fraction`` of its rows. The adaptation subset is a seeded
+``adapt_per_class`` rows per class drawn from the task's train split, so it never overlaps test.
+"""
 
 from __future__ import annotations
 
@@ -6,61 +17,100 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crdist.data.sources.base import Source
+
 SPLITS = ("train", "test", "adapt")
+
+
+class TaskError(ValueError):
+    pass
 
 
 @dataclass
 class TaskSplit:
     index: int  # 1-based, as in the paper's T1..TT
+    name: str  # "task-3", or the domain: "Asia", "ag_news", "tweets"
     classes: list[int]
-    indices: dict[str, np.ndarray]  # split name -> row indices into the source set
+    indices: dict[str, np.ndarray]  # split → indices into source.samples
 
-    @property
-    def name(self) -> str:
-        return f"task-{self.index}"
+
+def task_classes_in_order(
+    num_classes: int, tasks: int | None, classes_per_task: int, class_order: list[int] | None
+) -> list[list[int]]:
+    """Consecutive groups of ``classes_per_task`` classes of ``class_order`` (default 0, 1, 2, …);
+    ``tasks`` = how many groups (null: as many as fit)."""
+    order = list(class_order) if class_order is not None else list(range(num_classes))
+    tasks = tasks or len(order) // classes_per_task
+    if tasks * classes_per_task > len(order):
+        raise TaskError(f"{tasks} tasks × {classes_per_task} classes need {tasks * classes_per_task} classes; "
+                        f"the stream has {len(order)}")
+    return [order[t * classes_per_task : (t + 1) * classes_per_task] for t in range(tasks)]
 
 
 def class_incremental(
-    labels: np.ndarray,
-    *,
-    tasks: int,
-    classes_per_task: int,
-    class_order: list[int] | None,
-    test_fraction: float,
-    adapt_per_class: int,
-    seed: int,
+    source: Source, *, task_classes: list[list[int]], test_fraction: float, adapt_per_class: int, seed: int
 ) -> list[TaskSplit]:
-    """Tasks of ``classes_per_task`` classes in ``class_order``.
-
-    Per class, a seeded permutation puts ``test_fraction`` of the rows in the test split and the
-    rest in train; the adaptation subset is the first ``adapt_per_class`` train rows of that
-    permutation, so it is fixed for a seed and never overlaps the test split.
-    """
-    present = sorted(int(c) for c in np.unique(labels))
-    order = list(class_order) if class_order is not None else present
-    needed = tasks * classes_per_task
-    if len(order) < needed:
-        raise ValueError(f"{tasks} tasks × {classes_per_task} classes need {needed} classes; the source has {len(order)}")
-    missing = [c for c in order[:needed] if c not in present]
+    labels = np.array([s.label for s in source.samples])
+    present = set(int(c) for c in np.unique(labels))
+    missing = sorted(c for classes in task_classes for c in classes if c not in present)
     if missing:
-        raise ValueError(f"class_order names classes {missing} that the source does not have (it has {present})")
-
+        raise TaskError(f"classes {missing} have no samples in the source")
+    rows = np.arange(len(labels))
+    split = _split_column(source)
     rng = np.random.default_rng(seed)
-    per_class: dict[int, dict[str, np.ndarray]] = {}
-    for c in order[:needed]:
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(test_fraction * len(rows)))
-        test, train = rows[:n_test], rows[n_test:]
-        if len(train) < adapt_per_class or n_test == 0:
-            raise ValueError(
-                f"class {c} has {len(rows)} samples: too few for a test share of {test_fraction} "
-                f"and {adapt_per_class} adaptation samples"
-            )
-        per_class[c] = {"train": np.sort(train), "test": np.sort(test), "adapt": np.sort(train[:adapt_per_class])}
-
     stream = []
-    for t in range(tasks):
-        classes = order[t * classes_per_task : (t + 1) * classes_per_task]
-        indices = {s: np.concatenate([per_class[c][s] for c in classes]) for s in SPLITS}
-        stream.append(TaskSplit(index=t + 1, classes=classes, indices=indices))
+    for t, classes in enumerate(task_classes):
+        per_class = [_class_rows(rows[labels == c], split[labels == c], c, test_fraction, adapt_per_class, rng)
+                     for c in classes]
+        stream.append(TaskSplit(t + 1, f"task-{t + 1}", list(classes), _concatenate(per_class)))
     return stream
+
+
+def domain_incremental(
+    source: Source, *, domains: list[str], test_fraction: float, adapt_per_class: int, seed: int
+) -> list[TaskSplit]:
+    labels = np.array([s.label for s in source.samples])
+    domain = np.array([s.domain for s in source.samples])
+    split = _split_column(source)
+    rng = np.random.default_rng(seed)
+    stream = []
+    for t, name in enumerate(domains):
+        in_domain = domain == name
+        if not in_domain.any():
+            raise TaskError(f"domain {name!r} has no samples (the source has: {sorted(set(domain.tolist()))})")
+        classes = sorted(int(c) for c in np.unique(labels[in_domain]))
+        per_class = []
+        for c in classes:
+            mask = in_domain & (labels == c)
+            per_class.append(_class_rows(np.flatnonzero(mask), split[mask], c, test_fraction, adapt_per_class, rng,
+                                         strict=False))
+        stream.append(TaskSplit(t + 1, name, classes, _concatenate(per_class)))
+    return stream
+
+
+def _split_column(source: Source) -> np.ndarray:
+    split = np.array([s.split for s in source.samples])
+    if not source.has_test_split():
+        split[:] = "carve"  # no official test split: carve one per class
+    return split
+
+
+def _class_rows(rows, split, label, test_fraction, adapt_per_class, rng, strict=True) -> dict[str, np.ndarray]:
+    if (split == "carve").all():
+        rows = rng.permutation(rows)
+        n_test = int(round(test_fraction * len(rows)))
+        if strict and (n_test == 0 or n_test == len(rows)):
+            raise TaskError(f"class {label} has {len(rows)} samples: too few to hold out a test share of {test_fraction}")
+        test, train = rows[:n_test], rows[n_test:]
+    else:
+        train, test = rows[split == "train"], rows[split == "test"]
+        if strict and (len(train) == 0 or len(test) == 0):
+            raise TaskError(f"class {label} has {len(train)} train and {len(test)} test samples; it needs both")
+    adapt = rng.permutation(train)[:adapt_per_class]
+    if strict and len(adapt) < adapt_per_class:
+        raise TaskError(f"class {label} has {len(train)} train samples, fewer than adapt_per_class={adapt_per_class}")
+    return {"train": np.sort(train), "test": np.sort(test), "adapt": np.sort(adapt)}
+
+
+def _concatenate(per_class: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {s: np.concatenate([p[s] for p in per_class]).astype(np.int64) for s in SPLITS}

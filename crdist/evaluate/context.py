@@ -13,9 +13,9 @@ from crdist.models.classifier import Classifier
 @dataclass
 class EvalContext:
     model: Classifier  # the checkpoint c_i; protocols must not modify it
-    adapt_images: torch.Tensor
+    adapt_inputs: object  # images (a tensor) or tokenised text (a dict of tensors)
     adapt_labels: torch.Tensor  # task-local labels 0..num_classes-1
-    test_images: torch.Tensor
+    test_inputs: object
     test_labels: torch.Tensor
     num_classes: int
     seed: int
@@ -26,7 +26,7 @@ class EvalContext:
         """(adapt, test) features of the checkpoint, computed once and shared by protocols."""
         if self._features is None:
             self._features = (
-                extract_features(self.model.backbone, self.adapt_images),
-                extract_features(self.model.backbone, self.test_images),
+                extract_features(self.model.backbone, self.adapt_inputs),
+                extract_features(self.model.backbone, self.test_inputs),
             )
         return self._features

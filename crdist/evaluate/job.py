@@ -13,6 +13,7 @@ import torch
 
 from crdist.atomic import write_json
 from crdist.data.manifest import Manifest
+from crdist.data.samples import make_decoder
 from crdist.data.stream import read_split
 from crdist.evaluate.context import EvalContext
 from crdist.evaluate.protocols import PROTOCOLS
@@ -41,17 +42,18 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
     started = time.perf_counter()
     cfg = job.study
     manifest = Manifest.load(job.shards)
-    model = build_classifier(cfg.model.backbone, manifest.image.channels, manifest.num_classes, cfg.seed)
+    model = build_classifier(cfg.model, manifest.in_channels, manifest.num_classes, cfg.seed)
     load_into(model, job.weights)
     model.eval()
     classes = manifest.task(job.task).classes
-    adapt_images, adapt_labels = read_split(manifest, job.task, "adapt")
-    test_images, test_labels = read_split(manifest, job.task, "test")
+    decode = make_decoder(manifest, cfg.model)
+    adapt_inputs, adapt_labels = read_split(manifest, job.task, "adapt", decode, cfg.data.stream_url)
+    test_inputs, test_labels = read_split(manifest, job.task, "test", decode, cfg.data.stream_url)
     context = EvalContext(
         model=model,
-        adapt_images=adapt_images,
+        adapt_inputs=adapt_inputs,
         adapt_labels=_task_local(adapt_labels, classes),
-        test_images=test_images,
+        test_inputs=test_inputs,
         test_labels=_task_local(test_labels, classes),
         num_classes=len(classes),
         seed=_eval_seed(cfg.seed, job.row, job.task),

@@ -15,7 +15,8 @@ class Classifier(nn.Module):
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_classes)
 
-    def forward(self, x: torch.Tensor, freeze_backbone: bool = False) -> torch.Tensor:
+    def forward(self, x, freeze_backbone: bool = False) -> torch.Tensor:
+        """``x``: images, or a text backbone's tokenised fields (a dict of tensors)."""
         if freeze_backbone:
             # No graph through the backbone: its parameters get no gradient at all.
             with torch.no_grad():
@@ -24,9 +25,9 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_classifier(backbone: str, in_channels: int, num_classes: int, seed: int) -> Classifier:
-    """Seeded, so every process builds the same initial weights."""
+def build_classifier(model_cfg, in_channels: int, num_classes: int, seed: int) -> Classifier:
+    """Seeded, so every process builds the same initial weights. ``in_channels`` is 0 for text."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module, feature_dim = BACKBONES.get(backbone)(in_channels)
+        module, feature_dim = BACKBONES.get(model_cfg.backbone)(in_channels, model_cfg)
         return Classifier(module, feature_dim, num_classes)

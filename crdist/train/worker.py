@@ -18,6 +18,7 @@ import torch
 
 from crdist.atomic import write_json, write_text
 from crdist.data.manifest import Manifest
+from crdist.data.samples import make_decoder, to_device
 from crdist.data.stream import RankStream, StreamSpec
 from crdist.methods.base import Method, Phase, TaskContext, build_method
 from crdist.models.classifier import build_classifier
@@ -133,7 +134,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     torch.manual_seed(derive_seed(cfg.seed, "train", job.method, job.task, rank))
 
     manifest = Manifest.load(job.shards)
-    model = build_classifier(cfg.model.backbone, manifest.image.channels, manifest.num_classes, cfg.seed)
+    model = build_classifier(cfg.model, manifest.in_channels, manifest.num_classes, cfg.seed)
     load_into(model, job.init_weights)
     method = build_method(
         job.method, TaskContext(manifest.task(job.task), manifest.num_classes, cfg.model.head, cfg.train.lr), cfg
@@ -148,7 +149,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         shuffle_buffer=cfg.train.shuffle_buffer,
         seed=cfg.seed,
     )
-    stream = RankStream(manifest, spec)
+    stream = RankStream(manifest, spec, make_decoder(manifest, cfg.model), cfg.data.stream_url)
     steps_per_epoch = [stream.steps_in_epoch(e) for e in range(cfg.train.epochs)]
     total = min(sum(steps_per_epoch), cfg.train.max_steps or sum(steps_per_epoch))
     phases = [p for p in method.phases(total) if p.steps > 0]
@@ -196,7 +197,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
             # Before backward: with DeepSpeed, accelerator.backward also runs the optimizer step
             # (optimizer.step() and zero_grad() below are then no-ops kept for other engines).
             set_learning_rates(optimizer, backbone_lr=lr if phase.train_backbone else 0.0, head_lr=lr)
-            loss = run.method.loss(model, images.to(accelerator.device), labels.to(accelerator.device), phase)
+            loss = run.method.loss(model, to_device(images, accelerator.device), labels.to(accelerator.device), phase)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()

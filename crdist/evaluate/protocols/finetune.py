@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crdist.config import require
+from crdist.data.samples import take
 from crdist.evaluate.context import EvalContext
 from crdist.evaluate.features import extract_features
 from crdist.evaluate.protocols import PROTOCOLS
@@ -40,14 +41,14 @@ def finetune(context: EvalContext) -> float:
         head.bias.uniform_(-bound, bound, generator=generator)
     model = nn.Sequential(backbone, head)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    images, labels = context.adapt_images, context.adapt_labels
+    inputs, labels = context.adapt_inputs, context.adapt_labels
     model.train()
     for _ in range(cfg.steps):
         batch = torch.randperm(len(labels), generator=generator)[: cfg.batch_size]
-        loss = F.cross_entropy(model(images[batch]), labels[batch])
+        loss = F.cross_entropy(model(take(inputs, batch)), labels[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        logits = head(extract_features(backbone, context.test_images))
+        logits = head(extract_features(backbone, context.test_inputs))
     return (logits.argmax(dim=1) == context.test_labels).float().mean().item()

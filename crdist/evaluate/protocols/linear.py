@@ -35,10 +35,20 @@ def _probe(c: float):
 
 
 def choose_c(features: np.ndarray, labels: np.ndarray, grid: list[float], folds: int, seed: int) -> float:
+    """Stratified cross-validation over the classes with enough adaptation samples for the folds
+    (down to 2 folds); when fewer than two classes have two samples, the middle of the grid."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    folds = max(2, min(folds, int(np.bincount(labels).min())))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    counts = np.bincount(labels)
+    for k in range(folds, 1, -1):  # as many folds as at least two classes can fill
+        classes = np.flatnonzero(counts >= k)
+        if len(classes) >= 2:
+            break
+    else:
+        return sorted(grid)[len(grid) // 2]
+    usable = np.isin(labels, classes)
+    features, labels = features[usable], labels[usable]
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     scores = [cross_val_score(_probe(c), features, labels, cv=splitter).mean() for c in sorted(grid)]
     return sorted(grid)[int(np.argmax(scores))]  # ties go to the strongest regularisation
 
@@ -49,5 +59,7 @@ def linear(context: EvalContext) -> float:
     labels = context.adapt_labels.numpy()
     cfg = context.config.linear
     c = choose_c(adapt, labels, cfg.c_grid, cfg.folds, context.seed)
+    if len(np.unique(labels)) < 2:  # one class to adapt on: it is the only possible answer
+        return float((context.test_labels.numpy() == labels[0]).mean())
     probe = _probe(c).fit(adapt, labels)
     return float((probe.predict(test) == context.test_labels.numpy()).mean())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from crdist.models.backbones import BACKBONES
+from crdist.models.backbones import backbone
 
 
-@BACKBONES.register("resnet18-cifar")
-def resnet18_cifar(in_channels: int) -> tuple[nn.Module, int]:
+@backbone("resnet18-cifar")
+def resnet18_cifar(in_channels: int, model_cfg=None) -> tuple[nn.Module, int]:
     net = torchvision.models.resnet18(weights=None)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
