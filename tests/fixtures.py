@@ -217,3 +217,23 @@ def sentiment(root: Path) -> dict:
             written[(domain, i)] = (valence, raw.decode("utf-8", errors="replace"))
         (root / f"{domain}_GroundTruth.txt").write_bytes(data)
     return written
+
+
+# -- A tiny BERT-style encoder, saved like any local Hugging Face model ------------------------
+
+
+def tiny_bert(directory: Path) -> Path:
+    """A 2-layer, 32-wide BERT with a WordPiece vocabulary of letters and a few words: a real
+    Hugging Face model directory (config, safetensors weights, tokenizer), built offline."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "good", "bad", "great", "awful", "love", "film"]
+    vocab = words + list(letters) + [f"##{c}" for c in letters] + list(":)-.,!?'\"")
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(directory)
+    return directory

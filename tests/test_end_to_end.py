@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from crdist.evaluate.metrics import summarize
+from tests import fixtures
 from tests.conftest import ROOT
 
 METHODS = ["sgd", "lpft"]
@@ -80,3 +81,34 @@ def test_rerunning_reuses_finished_jobs_and_a_changed_config_is_refused(finished
     changed = crdist_run(tmp_path, "train.max_steps=7")
     assert changed.returncode == 1
     assert "was started with a different config" in changed.stderr and "max_steps" in changed.stderr
+
+
+def run_config(config, tmp_path, *overrides):
+    sets = [f"runs_dir={tmp_path / 'runs'}", f"data.shards={tmp_path / 'shards'}", "train.methods=[lpft]",
+            "data.tasks=2", "train.max_steps=5", "evaluate.finetune.steps=5", *overrides]
+    command = [sys.executable, "-m", "crdist", "run", str(ROOT / config)] + [x for a in sets for x in ("--set", a)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+def test_the_fashion_mnist_config_runs_on_the_real_debian_files(tmp_path):
+    # Shortened for 2 CPU cores: 2 tasks, 5 steps each, and the small CNN instead of ResNet-18.
+    result = run_config("configs/seq_fashion_mnist.yaml", tmp_path, "model.backbone=small-cnn")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "12,000 train" not in result.stdout  # 2 of 5 tasks: 24,000 train images
+    assert "seq-fashion-mnist: 2 tasks, 10 classes, 24,000 train / 4,000 test" in result.stdout
+    metrics = json.loads((tmp_path / "runs" / "seq-fashion-mnist" / "report" / "metrics.json").read_text())
+    assert set(metrics["lpft"]) == set(PROTOCOLS)
+
+
+def test_a_text_study_runs_with_a_local_encoder_and_its_tokenizer(tmp_path):
+    fixtures.sentiment(tmp_path / "raw")
+    model = fixtures.tiny_bert(tmp_path / "bert")
+    result = run_config("configs/sentiment_domains.yaml", tmp_path, f"model.pretrained={model}",
+                        f"data.root={tmp_path / 'raw'}", "data.adapt_per_class=2", "data.test_fraction=0.25",
+                        "train.batch_size=2", "model.max_length=16")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 tasks (tweets, movieReviewSnippets)" in result.stdout and ", text" in result.stdout
+    run = tmp_path / "runs" / "sentiment-domains"
+    summary = json.loads((run / "models" / "lpft" / "c_2.train.json").read_text())
+    assert summary["steps"] >= 1 and summary["engine"] == "DEEPSPEED"
+    assert len(list((run / "eval").rglob("*.json"))) == (1 + 2) * 2

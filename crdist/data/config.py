@@ -52,7 +52,7 @@ class DataConfig:
     adapt_per_class: int = 30
     # Seeds the test/adaptation split, the text-5 sample and the order of samples in the shards.
     seed: int = 0
-    # Samples per tar shard; null = about 1/8 of a split, between 16 and 1000.
+    # Samples per tar shard; null = about 1/8 of a split, at most 1000.
     shard_size: int | None = None
     # Resize images to this square size when decoding (needed when the source's sizes differ).
     image_size: int | None = None

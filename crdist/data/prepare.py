@@ -136,7 +136,7 @@ def _plan(cfg: DataConfig, source, tasks) -> tuple[list[ShardPlan], list[tuple[i
             rows = task.indices[split]
             if split == "train":
                 rows = rng.permutation(rows)
-            size = cfg.shard_size or max(16, min(1000, math.ceil(len(rows) / 8)))
+            size = cfg.shard_size or max(1, min(1000, math.ceil(len(rows) / 8)))
             for k, start in enumerate(range(0, len(rows), size)):
                 chunk = rows[start : start + size].tolist()
                 keys = [f"{task.index:02d}-{split}-{_tar_key(source.samples[r].key)}" for r in chunk]
