@@ -150,11 +150,19 @@ def test_the_real_fashion_mnist_from_debian(tmp_path):
     assert manifest.image.mean[0] == pytest.approx(0.2860, abs=1e-3)  # Fashion-MNIST's known mean
 
 
-def test_shards_stream_through_a_pipe_url(tmp_path, digits_shards):
-    manifest = Manifest.load(digits_shards)
+def test_shards_stream_through_a_pipe_url_with_only_the_manifest_at_hand(tmp_path, digits_shards):
+    # As with object storage: the shards stay where they are, the driver holds just the manifest.
+    local = tmp_path / "manifest-only"
+    local.mkdir()
+    (local / "manifest.json").write_bytes((digits_shards / "manifest.json").read_bytes())
+    template = f"pipe:cat {digits_shards}/{{path}}"
+    data = study(data={"shards": str(local), "stream_url": template}).data
+    lines = []
+    manifest = prepare(data, log=lines.append)
+    assert lines == [f"streaming shards through {template} (manifest {local / 'manifest.json'})"]
     decode = ImageDecoder(1, manifest.image.mean, manifest.image.std)
-    direct = read_split(manifest, 2, "test", decode)
-    piped = read_split(manifest, 2, "test", decode, url_template="pipe:cat {root}/{path}")
+    piped = read_split(manifest, 2, "test", decode, url_template=data.stream_url)
+    direct = read_split(Manifest.load(digits_shards), 2, "test", decode)
     assert (direct[0] == piped[0]).all() and (direct[1] == piped[1]).all()
 
 
@@ -209,3 +217,27 @@ def test_the_cli_exits_non_zero_naming_the_file(tmp_path):
     assert result.returncode == 1
     assert f"{path}: line 13: valence 'not-a-number' is not a number" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_imagefolder_and_csv_with_tasks_named_by_class(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "folders"
+    rows = ["path,label,split"]
+    for split, n in (("train", 4), ("test", 2)):
+        for name in ("cat", "dog", "car", "bus"):
+            (root / split / name).mkdir(parents=True)
+            for k in range(n):
+                path = root / split / name / f"{name}.{k}.png"  # a dot in the stem, as real files have
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(path)
+                rows.append(f"{path.relative_to(root)},{name},{split}")
+    (root / "images.csv").write_text("\n".join(rows) + "\n")
+    tasks = [["dog", "cat"], ["bus"]]
+    for benchmark, data_root in (("imagefolder", root), ("csv", root / "images.csv")):
+        manifest = prepared(tmp_path / benchmark, benchmark, data_root, task_classes=tasks, adapt_per_class=2)
+        names = manifest.class_names
+        assert [[names[c] for c in t.classes] for t in manifest.tasks] == tasks
+        assert [(t.splits["train"].count, t.splits["test"].count) for t in manifest.tasks] == [(8, 4), (4, 2)]
+        for key, sample in samples_of(manifest, 1, "test").items():
+            name = names[int(sample["cls"])]
+            matches = [p for p in (root / "test" / name).iterdir() if p.read_bytes() == sample["png"]]
+            assert len(matches) == 1  # stored byte for byte, under its own class

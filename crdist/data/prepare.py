@@ -39,6 +39,12 @@ _HOST = socket.gethostname().replace("-", "_")
 def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
     out = cfg.shards_dir()
     params = cfg.content_params()
+    if cfg.stream_url:
+        # The shards live elsewhere (object storage): only the manifest is needed here.
+        if not (out / FILENAME).is_file():
+            raise PrepareError(f"data.stream_url is set, so the shards are read from {cfg.stream_url}; copy their "
+                               f"{FILENAME} into {out} (data.shards) so the driver can plan the study")
+        return _reuse(out, params, log, remote=cfg.stream_url)
     if (out / FILENAME).is_file():
         return _reuse(out, params, log)
     if out.exists() and any(out.iterdir()):
@@ -71,7 +77,7 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
     return manifest
 
 
-def _reuse(out: Path, params: dict, log: Callable[[str], None]) -> Manifest:
+def _reuse(out: Path, params: dict, log: Callable[[str], None], remote: str | None = None) -> Manifest:
     manifest = Manifest.load(out)
     if manifest.params != params:
         changed = sorted(k for k in set(params) | set(manifest.params) if params.get(k) != manifest.params.get(k))
@@ -79,6 +85,9 @@ def _reuse(out: Path, params: dict, log: Callable[[str], None]) -> Manifest:
         raise PrepareError(
             f"{out} holds a different preparation ({details}). Point data.shards at another directory or remove it."
         )
+    if remote:
+        log(f"streaming shards through {remote} (manifest {out / FILENAME})")
+        return manifest
     problems = verify(manifest, rehash=False)
     if problems:
         raise PrepareError(f"{out}: the shards do not match the manifest:\n  " + "\n  ".join(problems))

@@ -96,6 +96,7 @@ _EXECUTION_ONLY = (
     ("cluster",),
     ("runs_dir",),
     ("checkpoint",),  # training is deterministic: where it checkpoints never changes the result
+    ("data", "stream_url"),  # where the same shards are read from
     ("train", "log_every"),
     ("train", "max_failures"),
     ("train", "placement"),
@@ -104,6 +105,7 @@ _EXECUTION_ONLY = (
 
 def _results_part(study: dict) -> str:
     trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in study.items()}
+    # (two levels deep is enough for every key listed above)
     for path in _EXECUTION_ONLY:
         node = trimmed
         for key in path[:-1]:
