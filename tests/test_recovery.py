@@ -110,6 +110,9 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     # 2. The same command continues; SIGKILL the driver in the middle of task 2.
     second = start(tmp_path, "driver")
     wait_for(checkpoint_at_least(run_dir, "lpft", 2, 10), 300, "a checkpoint of task 2", alive=second)
+    intruder = subprocess.run(command(tmp_path, "driver"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert intruder.returncode == 1
+    assert f"in use by another crdist driver (pid {second.pid} on " in intruder.stderr
     workers = [worker_pid(run_dir, "lpft", 2, rank) for rank in (0, 1)]
     second.kill()
     second.wait()

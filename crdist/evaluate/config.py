@@ -12,6 +12,9 @@ from crdist.evaluate.protocols.linear import LinearConfig
 class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["knn", "linear", "finetune"])
     cpus: float = 1.0  # Ray CPUs per evaluation task
+    # Evaluations running at once. null = as many as fit beside one train job, so evaluations
+    # never hold the CPUs that the next task's training is waiting for.
+    concurrent: int | None = None
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -24,3 +27,5 @@ class EvalConfig:
             require(name in PROTOCOLS, f"protocols[{i}]", PROTOCOLS.unknown_message(name))
         require(len(set(self.protocols)) == len(self.protocols), "protocols", "lists a protocol more than once")
         require(self.cpus > 0, "cpus", f"must be positive (got {self.cpus})")
+        require(self.concurrent is None or self.concurrent >= 1, "concurrent",
+                f"must be at least 1 or null (got {self.concurrent})")

@@ -32,6 +32,11 @@ from crdist.orchestrate.scheduler import Scheduler, StudyError, StudyStopped, ev
 def run_study(study, config_source: str, address: str | None = None, run_dir: Path | None = None):
     """Run every job of ``study`` that is not done yet and write its report; returns its summary."""
     run = RunDir(run_dir or Path(study.runs_dir) / study.name)
+    with run.driven():
+        return _drive(study, config_source, address, run)
+
+
+def _drive(study, config_source: str, address: str | None, run: RunDir):
     resumed = run.open(study)
     console = Console(run.logs)
     journal = Journal(run.journal)
@@ -177,6 +182,8 @@ def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Consol
     path = run.weights(None, 0)
     model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed)
     source = f"random (seed {study.seed})"
+    if study.model.pretrained:
+        source = f"backbone from {study.model.pretrained}, head random (seed {study.seed})"
     if study.model.init:
         source = study.model.init
         if not path.is_file():  # once written, c_0 is the source of truth, even if init moves

@@ -9,13 +9,20 @@
                 logs/driver.log, logs/events.jsonl, logs/train/*.log
                 ray/                    Ray Train's storage for the train jobs
                 report/
+                .driver.lock            held by the driver working on the run
 """
 
 from __future__ import annotations
 
 import difflib
+import fcntl
+import os
+import socket
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -68,6 +75,33 @@ class RunDir:
     def checkpoint_label(method: str | None, row: int) -> str:
         return "c_0" if row == 0 else f"{method}/c_{row}"
 
+    @contextmanager
+    def driven(self) -> Iterator[None]:
+        """Hold the run for one driver. Two drivers on one run directory (a scheduler that
+        restarts a job while the old one still runs, a command typed twice) would both write its
+        files. The kernel drops the lock when its process dies, however it dies, so a killed
+        driver never leaves the run locked. (On network filesystems flock may be advisory only.)"""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".driver.lock"
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunDirError(
+                    f"{self.root} is in use by another crdist driver ({holder}); "
+                    f"wait for it to finish or stop it, then run the same command again"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def open(self, study) -> bool:
         """Create the run directory, or accept an existing one whose config gives the same results.
 
@@ -100,6 +134,7 @@ _EXECUTION_ONLY = (
     ("train", "log_every"),
     ("train", "max_failures"),
     ("train", "placement"),
+    ("evaluate", "concurrent"),
 )
 
 

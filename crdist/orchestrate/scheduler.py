@@ -10,9 +10,10 @@ again. Every job start, finish and stop goes into the run's journal.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from crdist.data.manifest import Manifest
@@ -65,7 +66,8 @@ class Scheduler:
         self.journal = journal
         self.finished_before = journal.finished()
         self.tasks = len(manifest.tasks)
-        self.pending: dict = {}
+        self.pending: dict = {}  # Ray object ref → the job it will return
+        self.waiting_evals: deque[tuple[_Job, EvalJob]] = deque()  # started when a slot frees up
         self.evals_done = 0
         self.evals_total = eval_count(study, manifest)
         self.accuracy = defaultdict(dict)  # checkpoint label → {task: {protocol: accuracy}}
@@ -124,6 +126,7 @@ class Scheduler:
             if job.kind == "eval":  # quick to redo; not worth waiting for
                 ray.cancel(ref, force=True)
                 del self.pending[ref]
+        self.waiting_evals.clear()
         self.journal.record("stop-requested", reason=reason)
         self.console.print(f"stop   {reason}: asking running train jobs to checkpoint and stop (grace {grace:.0f} s)")
 
@@ -163,8 +166,6 @@ class Scheduler:
         self.journal.record("started", job.key)
 
     def submit_eval(self, method: str | None, row: int, task: int) -> None:
-        from crdist.orchestrate.remote import run_eval_job
-
         checkpoint = RunDir.checkpoint_label(method, row)
         job = _Job("eval", f"eval/{checkpoint}/{task}", f"{checkpoint} × task {task}", method, row, task)
         output = self.run_dir.evaluation(method, row, task)
@@ -183,9 +184,31 @@ class Scheduler:
             shards=str(self.manifest.root),
             output=str(output.resolve()),
         )
+        self.waiting_evals.append((job, eval_job))
+        self.start_waiting_evals()
+
+    def start_waiting_evals(self) -> None:
+        from crdist.orchestrate.remote import run_eval_job
+
         cpus = self.study.evaluate.cpus
-        ref = run_eval_job.options(num_cpus=cpus).remote(eval_job, max(1, int(cpus)))
-        self.pending[ref] = job
+        running = sum(job.kind == "eval" for job in self.pending.values())
+        while self.waiting_evals and running < self.eval_slots():
+            job, eval_job = self.waiting_evals.popleft()
+            ref = run_eval_job.options(num_cpus=cpus).remote(eval_job, max(1, int(cpus)))
+            self.pending[ref] = job
+            running += 1
+
+    def eval_slots(self) -> int:
+        """How many evaluations may run at once. Ray has no priorities: evaluations submitted
+        freely would take every CPU and hold back the train job waiting for them, which is the
+        study's critical path. Asked of the cluster each time, as nodes may come and go."""
+        import ray
+
+        if self.study.evaluate.concurrent:
+            return self.study.evaluate.concurrent
+        train = self.study.train
+        spare = ray.cluster_resources().get("CPU", 0) - train.workers * train.cpus_per_worker
+        return max(1, math.floor(spare / self.study.evaluate.cpus))
 
     def _journal_finished_if_new(self, job: _Job) -> None:
         # Output written but never journalled: the driver died between the two.
@@ -209,7 +232,12 @@ class Scheduler:
             ) from err
         if job.kind == "eval":
             self.journal.record("finished", job.key)
+            scores = "  ".join(f"{p} {a:.3f}" for p, a in result["accuracy"].items())
+            self.console.print(
+                f"eval   {job.label}: {scores}  ({result['seconds']:.1f} s) [{self.evals_done + 1}/{self.evals_total}]"
+            )
             self.evaluated(job, result)
+            self.start_waiting_evals()
         elif result is None:
             self.journal.record("stopped", job.key)
             self.console.print(f"train  {job.label}: stopped after its checkpoint")
