@@ -55,7 +55,8 @@ def bench_resume(config: Path, overrides: list[str], failures: int, seed: int, r
                 wait_for(lambda: last_step(run_dir, method, failure.task) >= failure.target_step, 900,
                          f"step {failure.target_step} of task {failure.task}", interval=0.01, alive=process)
                 failure.killed_at = kill(worker_pid(run_dir, method, failure.task, failure.rank))
-                print(f"  killed rank {failure.rank} of {method} task {failure.task} near step {failure.target_step}")
+                print(f"  killed rank {failure.rank} of {method} task {failure.task} "
+                      f"once step {failure.target_step} was reported")
                 wait_for(lambda: _resumed_after(run_dir, method, failure), 900, "the resume", alive=process)
             code = process.wait()
         finally:
