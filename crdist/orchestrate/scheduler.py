@@ -190,13 +190,14 @@ class Scheduler:
     def start_waiting_evals(self) -> None:
         from crdist.orchestrate.remote import run_eval_job
 
+        if not self.waiting_evals:
+            return
         cpus = self.study.evaluate.cpus
-        running = sum(job.kind == "eval" for job in self.pending.values())
-        while self.waiting_evals and running < self.eval_slots():
+        free = self.eval_slots() - sum(job.kind == "eval" for job in self.pending.values())
+        for _ in range(min(free, len(self.waiting_evals))):
             job, eval_job = self.waiting_evals.popleft()
             ref = run_eval_job.options(num_cpus=cpus).remote(eval_job, max(1, int(cpus)))
             self.pending[ref] = job
-            running += 1
 
     def eval_slots(self) -> int:
         """How many evaluations may run at once. Ray has no priorities: evaluations submitted
