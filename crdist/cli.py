@@ -59,7 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set train.zero_stage=3 --set train.methods=[sgd] (repeatable)",
     )
     run.add_argument("--name", help="run name (directory under runs_dir); default: the config's name")
-    run.add_argument("--address", help="join this Ray cluster (e.g. auto, host:6379) instead of starting one")
+    run.add_argument(
+        "--address",
+        help="join this Ray cluster (host:6379, or auto for the one `ray start` started here); default: "
+        "cluster.address, else $RAY_ADDRESS, else start a private cluster for this run alone",
+    )
     run.set_defaults(handler=_run)
 
     resume = commands.add_parser(
@@ -69,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "the task in progress resumes from its latest checkpoint. The same as rerunning the original command.",
     )
     resume.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/demo")
-    resume.add_argument("--address", help="join this Ray cluster instead of starting one")
+    resume.add_argument("--address", help="join this Ray cluster (as for `crdist run`) instead of starting one")
     resume.set_defaults(handler=_resume)
 
     bench = commands.add_parser("bench", help="measure the system itself (failure recovery, …)")
@@ -174,6 +178,25 @@ def _report(args) -> int:
     return 0
 
 
+def _shards_of(directory: Path) -> Path:
+    """A shard directory as given, or, for a run directory (which keeps only a copy of the
+    manifest), the shards its config names."""
+    from crdist.data.manifest import FILENAME
+
+    if not (directory / "config.yaml").is_file() or any(directory.glob("task-*")):
+        return directory
+    _, study = _load_run(directory)
+    shards = study.data.shards_dir()
+    print(f"{directory} is a run directory: it keeps a copy of the manifest, not the shards. "
+          f"Its shards are in {shards} (data.shards); verifying those.")
+    if not (shards / FILENAME).is_file():
+        from crdist.data.prepare import PrepareError
+
+        raise PrepareError(f"{shards}: no {FILENAME} there; run the study again, or `crdist prepare`, to prepare "
+                           f"its shards")
+    return shards
+
+
 def _prepare(args) -> int:
     from crdist.config import from_dict
     from crdist.data.config import DataConfig
@@ -182,14 +205,15 @@ def _prepare(args) -> int:
     from crdist.data.shards import verify
 
     if args.verify:
-        manifest = Manifest.load(args.verify)
+        directory = _shards_of(args.verify)
+        manifest = Manifest.load(directory)
         problems = verify(manifest)
         shards = sum(len(s.shards) for t in manifest.tasks for s in t.splits.values())
         if problems:
             print("\n".join(problems))
-            print(f"{len(problems)} of {shards} shards do not match {args.verify / 'manifest.json'}")
+            print(f"{len(problems)} of {shards} shards do not match {directory / 'manifest.json'}")
             return 1
-        print(f"all {shards} shards match {args.verify / 'manifest.json'}")
+        print(f"all {shards} shards match {directory / 'manifest.json'} (every shard re-hashed)")
         return 0
     if not args.benchmark or not args.out:
         print("crdist prepare: give BENCHMARK and --out DIR, or --verify DIR", file=sys.stderr)

@@ -241,3 +241,122 @@ def test_imagefolder_and_csv_with_tasks_named_by_class(tmp_path):
             name = names[int(sample["cls"])]
             matches = [p for p in (root / "test" / name).iterdir() if p.read_bytes() == sample["png"]]
             assert len(matches) == 1  # stored byte for byte, under its own class
+
+
+# -- no silent changes: a stream is what was asked for, or a clear error ------------------------------
+
+
+def test_more_classes_per_task_than_the_source_has_is_the_same_clear_error_with_or_without_tasks(tmp_path):
+    fixtures.tinyimagenet(tmp_path / "raw")  # 3 classes; the default is 20 per task
+    message = r"1 tasks × 20 classes need 20 classes; the stream has 3"
+    with pytest.raises(PrepareError, match=message):
+        prepared(tmp_path, "seq-tinyimagenet", tmp_path / "raw")
+    with pytest.raises(PrepareError, match=message):
+        prepared(tmp_path, "seq-tinyimagenet", tmp_path / "raw", tasks=1)
+
+
+def test_a_domain_that_does_not_exist_or_has_no_rows_is_named_never_dropped(tmp_path):
+    fixtures.fmow(tmp_path / "raw")
+    with pytest.raises(SourceError, match=r"data.fmow.regions names 'Asai', which FMoW does not have; its regions "
+                                          r"are: .*Asia"):
+        prepared(tmp_path, "fmow", tmp_path / "raw", fmow={"regions": ["Europe", "Asai", "Africa"]})
+    with pytest.raises(SourceError, match=r"year bin\(s\) ≤2004 have no train or val rows"):
+        prepared(tmp_path, "fmow", tmp_path / "raw", fmow={"by": "year", "year_bounds": [2005, 2012]})
+
+    fixtures.zhang_csvs(tmp_path / "text", rows=4)
+    with pytest.raises(SourceError, match=r"data.tasks=7, but text-5 has 5 tasks \(yelp, ag_news, dbpedia, amazon"):
+        prepared(tmp_path, "text-5", tmp_path / "text", tasks=7)
+
+    fixtures.sentiment(tmp_path / "vader")
+    with pytest.raises(SourceError, match=r"names 'twets', which .* does not have .*its domains are: "
+                                          r"movieReviewSnippets, tweets"):
+        prepared(tmp_path, "sentiment-domains", tmp_path / "vader", text={"domains": ["twets"]})
+    # A domain whose every sentence is rated 0 has no samples: an error, not a task fewer.
+    (tmp_path / "vader" / "quiet_GroundTruth.txt").write_text("1\t0.0\tmeh\n2\t0\tfine I guess\n")
+    with pytest.raises(PrepareError, match=r"task 3 \('quiet'\) would be empty"):
+        prepared(tmp_path, "sentiment-domains", tmp_path / "vader")
+
+
+def test_the_cli_says_what_is_wrong_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    fixtures.cifar10(tmp_path / "raw")
+    result = subprocess.run([sys.executable, "-m", "crdist", "prepare", "seq-cifar10", "--root", str(tmp_path / "raw"),
+                             "--out", str(tmp_path / "out"), "--set", "classes_per_task=11"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "crdist: error: seq-cifar10: 1 tasks × 11 classes need 11 classes; the stream has 10" in result.stderr
+
+
+def test_reuse_refuses_changed_raw_files_and_a_shard_changed_in_place(tmp_path):
+    fixtures.sentiment(tmp_path / "raw")
+    first = prepared(tmp_path, "sentiment-domains", tmp_path / "raw", adapt_per_class=2, test_fraction=0.25)
+    again = prepared(tmp_path, "sentiment-domains", tmp_path / "raw", adapt_per_class=2, test_fraction=0.25)
+    assert again == first
+
+    # A shard edited in place, its size unchanged: reuse re-hashes it (its modification time moved).
+    shard = first.root / first.tasks[0].splits["train"].shards[0].path
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(PrepareError, match=rf"{shard}: sha256 differs from the manifest"):
+        prepared(tmp_path, "sentiment-domains", tmp_path / "raw", adapt_per_class=2, test_fraction=0.25)
+
+    # A raw file edited since the preparation: the shards no longer match the data.
+    fixtures.sentiment(tmp_path / "raw2")
+    prepared(tmp_path / "b", "sentiment-domains", tmp_path / "raw2", adapt_per_class=2, test_fraction=0.25)
+    tweets = tmp_path / "raw2" / "tweets_GroundTruth.txt"
+    tweets.write_bytes(tweets.read_bytes().replace(b"great", b"grand"))
+    with pytest.raises(PrepareError, match=rf"prepared from raw files that have changed since .*\n  {tweets}: "):
+        prepared(tmp_path / "b", "sentiment-domains", tmp_path / "raw2", adapt_per_class=2, test_fraction=0.25)
+
+
+def test_verify_pointed_at_a_run_directory_checks_the_shards_it_names(tmp_path, digits_shards):
+    import subprocess
+    import sys
+
+    from crdist.orchestrate.rundir import RunDir
+
+    run = RunDir(tmp_path / "runs" / "demo")
+    run.open(study(data={"shards": str(digits_shards)}))
+    Manifest.load(digits_shards).save(run.root)  # as the driver keeps a copy
+    result = subprocess.run([sys.executable, "-m", "crdist", "prepare", "--verify", str(run.root)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{run.root} is a run directory" in result.stdout and f"Its shards are in {digits_shards}" in result.stdout
+    assert f"shards match {digits_shards / 'manifest.json'}" in result.stdout
+
+
+def test_skipping_an_unreadable_image_refills_the_adaptation_subset(tmp_path):
+    fixtures.tinyimagenet(tmp_path / "raw")
+    options = {"classes_per_task": 1, "adapt_per_class": 2}
+    clean = prepared(tmp_path / "clean", "seq-tinyimagenet", tmp_path / "raw", **options)
+    drawn = sorted(samples_of(clean, 3, "adapt"))[0]  # an image the adaptation subset holds
+    bad = tmp_path / "raw" / "tiny-imagenet-200" / "train" / fixtures.TINY_WNIDS[2] / "images" / (
+        drawn.split("-train-", 1)[1] + ".JPEG")
+    bad.write_bytes(bad.read_bytes()[:300])
+
+    manifest = prepared(tmp_path / "skip", "seq-tinyimagenet", tmp_path / "raw", skip_corrupt=True, **options)
+    assert [s["sample"] for s in manifest.skipped] == [str(bad)]
+    adapt, train = samples_of(manifest, 3, "adapt"), samples_of(manifest, 3, "train")
+    assert len(adapt) == 2 and drawn not in adapt  # refilled from the readable train images
+    assert {k.split("-", 2)[2] for k in adapt} <= {k.split("-", 2)[2] for k in train}
+    assert len(train) == 5
+    # The other tasks draw exactly what they drew without the bad image.
+    for task in (1, 2):
+        assert samples_of(manifest, task, "adapt").keys() == samples_of(clean, task, "adapt").keys()
+
+
+def test_zhang_text_joins_only_the_fields_that_are_there(tmp_path):
+    fixtures.zhang_csvs(tmp_path / "raw", rows=4)
+    path = tmp_path / "raw" / "ag_news_csv" / "train.csv"
+    lines = path.read_text().splitlines()
+    lines[0], lines[1] = '"1","","a body without a title"', '"2","A title without a body?",""'
+    path.write_text("\n".join(lines) + "\n")
+    manifest = prepared(tmp_path, "text-5", tmp_path / "raw", adapt_per_class=2,
+                        text={"train_per_task": 10, "test_per_task": 6})
+    task = next(t for t in manifest.tasks if t.name == "ag_news")
+    texts = {int(k.rsplit("-", 1)[1]): s["txt"].decode() for k, s in samples_of(manifest, task.index, "train").items()}
+    assert texts[1] == "a body without a title"
+    assert texts[2] == "A title without a body?"

@@ -26,6 +26,7 @@ class ShardRecord:
     count: int
     bytes: int
     sha256: str
+    mtime_ns: int | None = None  # when it was written; a shard modified since is re-hashed on reuse
 
 
 @dataclass

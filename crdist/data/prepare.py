@@ -23,6 +23,7 @@ import crdist
 from crdist.data.benchmarks import BENCHMARKS
 from crdist.data.config import DataConfig
 from crdist.data.manifest import FILENAME, ImageInfo, Manifest, SplitRecord, TaskRecord
+from crdist.data.rawfiles import changed_raw_files, write_raw_files
 from crdist.data.shards import verify
 from crdist.data.tasks import SPLITS, TaskError
 from crdist.data.writer import ShardPlan, write_all
@@ -46,7 +47,7 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
                                f"{FILENAME} into {out} (data.shards) so the driver can plan the study")
         return _reuse(out, params, log, remote=cfg.stream_url)
     if (out / FILENAME).is_file():
-        return _reuse(out, params, log)
+        return _reuse(out, params, log, raw_root=cfg.root)
     if out.exists() and any(out.iterdir()):
         raise PrepareError(
             f"{out} exists but holds no {FILENAME}: it is not a crdist preparation. "
@@ -64,7 +65,7 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno in (errno.EEXIST, errno.ENOTEMPTY) and (out / FILENAME).is_file():
-            return _reuse(out, params, log)  # another process finished the same preparation first
+            return _reuse(out, params, log, raw_root=cfg.root)  # another process finished it first
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,7 +78,11 @@ def prepare(cfg: DataConfig, log: Callable[[str], None] = print) -> Manifest:
     return manifest
 
 
-def _reuse(out: Path, params: dict, log: Callable[[str], None], remote: str | None = None) -> Manifest:
+def _reuse(out: Path, params: dict, log: Callable[[str], None], remote: str | None = None,
+           raw_root: str | None = None) -> Manifest:
+    """Reuse a finished preparation when it was made with the same options from raw files that have
+    not changed since, and its shards still match the manifest: sizes, and a re-hash of any shard
+    whose modification time changed (``crdist prepare --verify`` re-hashes every shard)."""
     manifest = Manifest.load(out)
     if manifest.params != params:
         changed = sorted(k for k in set(params) | set(manifest.params) if params.get(k) != manifest.params.get(k))
@@ -88,7 +93,16 @@ def _reuse(out: Path, params: dict, log: Callable[[str], None], remote: str | No
     if remote:
         log(f"streaming shards through {remote} (manifest {out / FILENAME})")
         return manifest
-    problems = verify(manifest, rehash=False)
+    if raw_root is not None and Path(raw_root).expanduser().exists():
+        changed = changed_raw_files(out, Path(raw_root))
+        if changed:
+            shown = "\n  ".join(changed[:10]) + (f"\n  … and {len(changed) - 10} more" if len(changed) > 10 else "")
+            raise PrepareError(
+                f"{out} was prepared from raw files that have changed since ({len(changed)} file(s)):\n  {shown}\n"
+                f"Its shards no longer match the data. Remove {out} (or point data.shards at a new directory) "
+                f"to prepare again."
+            )
+    problems = verify(manifest, rehash="if-modified")
     if problems:
         raise PrepareError(f"{out}: the shards do not match the manifest:\n  " + "\n  ".join(problems))
     log(f"reusing prepared shards in {out}")
@@ -100,8 +114,18 @@ def _build(cfg: DataConfig, params: dict, directory: Path, log: Callable[[str], 
         source, tasks = BENCHMARKS.get(cfg.benchmark)(cfg)
     except TaskError as err:
         raise PrepareError(f"{cfg.benchmark}: {err}") from None
-    plans, places = _plan(cfg, source, tasks)
+    # Train and test first: writing them checks every image, so the adaptation subsets (drawn from
+    # train) can pass over the unreadable ones that --skip-corrupt left out.
+    plans, places = _plan(cfg, source, tasks, {t.index: t.indices for t in tasks})
     results = write_all(source, plans, directory, cfg.skip_corrupt, log)
+    unreadable = {row for r in results for row in r.skipped_rows}
+    try:
+        adapt = {t.index: {"adapt": t.adapt(unreadable)} for t in tasks}
+    except TaskError as err:
+        raise PrepareError(f"{cfg.benchmark}: {err}") from None
+    plans, more_places = _plan(cfg, source, tasks, adapt)
+    results += write_all(source, plans, directory, cfg.skip_corrupt, log)
+    places += more_places
     records = []
     for task in tasks:
         splits = {}
@@ -131,18 +155,19 @@ def _build(cfg: DataConfig, params: dict, directory: Path, log: Callable[[str], 
         modality=source.modality,
         skipped=skipped,
     )
+    if cfg.root is not None:
+        write_raw_files(directory, Path(cfg.root), source.raw_files())
     manifest.save(directory)  # last: its presence marks the preparation finished
     return manifest
 
 
-def _plan(cfg: DataConfig, source, tasks) -> tuple[list[ShardPlan], list[tuple[int, str]]]:
-    """Which rows go into which shard: per task and split, train rows shuffled (seeded) so that
-    every shard mixes the task's classes."""
+def _plan(cfg: DataConfig, source, tasks, rows_of: dict) -> tuple[list[ShardPlan], list[tuple[int, str]]]:
+    """Which rows go into which shard: per task and split (those in ``rows_of[task]``), train rows
+    shuffled (seeded) so that every shard mixes the task's classes."""
     rng = np.random.default_rng(cfg.seed)
     plans, places = [], []
     for task in tasks:
-        for split in SPLITS:
-            rows = task.indices[split]
+        for split, rows in rows_of[task.index].items():
             if split == "train":
                 rows = rng.permutation(rows)
             size = cfg.shard_size or max(1, min(1000, math.ceil(len(rows) / 8)))

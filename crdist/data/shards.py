@@ -27,8 +27,9 @@ def write_shard(directory: Path, name: str, samples: Iterable[dict]) -> ShardRec
                 count += 1
         stream.flush()
         os.fsync(stream.fileno())
-    return ShardRecord(path=str(path.relative_to(directory)), count=count, bytes=path.stat().st_size,
-                       sha256=sha256_of(path))
+    stat = path.stat()
+    return ShardRecord(path=str(path.relative_to(directory)), count=count, bytes=stat.st_size,
+                       sha256=sha256_of(path), mtime_ns=stat.st_mtime_ns)
 
 
 def write_shards(directory: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[ShardRecord]:
@@ -53,8 +54,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(manifest: Manifest, rehash: bool = True) -> list[str]:
-    """Every problem found, one line each naming the shard; empty when all shards match."""
+def verify(manifest: Manifest, rehash: bool | str = True) -> list[str]:
+    """Every problem found, one line each naming the shard; empty when all shards match.
+
+    ``rehash``: True re-hashes every shard; "if-modified" only those whose modification time is not
+    the one recorded when it was written (cheap, and it still catches an edit in place that kept
+    the size); False checks presence and sizes only.
+    """
     problems = []
     for task in manifest.tasks:
         for split in task.splits.values():
@@ -62,8 +68,11 @@ def verify(manifest: Manifest, rehash: bool = True) -> list[str]:
                 path = manifest.root / shard.path
                 if not path.is_file():
                     problems.append(f"{path}: missing")
-                elif path.stat().st_size != shard.bytes:
-                    problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard.bytes}")
-                elif rehash and sha256_of(path) != shard.sha256:
+                    continue
+                stat = path.stat()
+                modified = shard.mtime_ns is not None and stat.st_mtime_ns != shard.mtime_ns
+                if stat.st_size != shard.bytes:
+                    problems.append(f"{path}: {stat.st_size} bytes, manifest says {shard.bytes}")
+                elif (rehash is True or (rehash == "if-modified" and modified)) and sha256_of(path) != shard.sha256:
                     problems.append(f"{path}: sha256 differs from the manifest")
     return problems

@@ -8,7 +8,10 @@ Two kinds of stream:
 
 Test rows are the source's own test split; a source without one (digits, sentiment) gives each
 class a seeded ``test_fraction`` of its rows. The adaptation subset is a seeded
-``adapt_per_class`` rows per class drawn from the task's train split, so it never overlaps test.
+``adapt_per_class`` rows per class drawn from the task's train split, so it never overlaps test. It is drawn
+as a seeded order of each class's train rows, cut at ``adapt_per_class`` only once the shards are
+written: a train sample skipped as unreadable (``--skip-corrupt``) is passed over, and the next one
+in the order takes its place.
 """
 
 from __future__ import annotations
@@ -31,7 +34,21 @@ class TaskSplit:
     index: int  # 1-based, as in the paper's T1..TT
     name: str  # "task-3", or the domain: "Asia", "ag_news", "tweets"
     classes: list[int]
-    indices: dict[str, np.ndarray]  # split → indices into source.samples
+    indices: dict[str, np.ndarray]  # "train" / "test" → indices into source.samples
+    adapt_orders: list[np.ndarray]  # per class: its train rows in the seeded order the subset is drawn in
+    adapt_per_class: int
+    strict: bool = True  # class-incremental: every class must fill its adaptation subset
+
+    def adapt(self, unreadable: set[int] = frozenset()) -> np.ndarray:
+        """The adaptation subset: per class, the first ``adapt_per_class`` readable rows of its order."""
+        chosen = []
+        for label, order in zip(self.classes, self.adapt_orders):
+            readable = order[~np.isin(order, list(unreadable))] if unreadable else order
+            if self.strict and len(readable) < self.adapt_per_class:
+                raise TaskError(f"task {self.index}: class {label} has {len(readable)} readable train samples, fewer "
+                                f"than adapt_per_class={self.adapt_per_class}")
+            chosen.append(readable[: self.adapt_per_class])
+        return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
 
 
 def task_classes_in_order(
@@ -40,7 +57,7 @@ def task_classes_in_order(
     """Consecutive groups of ``classes_per_task`` classes of ``class_order`` (default 0, 1, 2, …);
     ``tasks`` = how many groups (null: as many as fit)."""
     order = list(class_order) if class_order is not None else list(range(num_classes))
-    tasks = tasks or len(order) // classes_per_task
+    tasks = tasks or max(1, len(order) // classes_per_task)  # not 0 tasks when one does not fit
     if tasks * classes_per_task > len(order):
         raise TaskError(f"{tasks} tasks × {classes_per_task} classes need {tasks * classes_per_task} classes; "
                         f"the stream has {len(order)}")
@@ -62,7 +79,7 @@ def class_incremental(
     for t, classes in enumerate(task_classes):
         per_class = [_class_rows(rows[labels == c], split[labels == c], c, test_fraction, adapt_per_class, rng)
                      for c in classes]
-        stream.append(TaskSplit(t + 1, f"task-{t + 1}", list(classes), _concatenate(per_class)))
+        stream.append(_task(t + 1, f"task-{t + 1}", list(classes), per_class, adapt_per_class, strict=True))
     return stream
 
 
@@ -77,14 +94,15 @@ def domain_incremental(
     for t, name in enumerate(domains):
         in_domain = domain == name
         if not in_domain.any():
-            raise TaskError(f"domain {name!r} has no samples (the source has: {sorted(set(domain.tolist()))})")
+            raise TaskError(f"task {t + 1} ({name!r}) would be empty: no samples of it (the source's domains with "
+                            f"samples: {', '.join(sorted(set(domain.tolist())))})")
         classes = sorted(int(c) for c in np.unique(labels[in_domain]))
         per_class = []
         for c in classes:
             mask = in_domain & (labels == c)
             per_class.append(_class_rows(np.flatnonzero(mask), split[mask], c, test_fraction, adapt_per_class, rng,
                                          strict=False))
-        stream.append(TaskSplit(t + 1, name, classes, _concatenate(per_class)))
+        stream.append(_task(t + 1, name, classes, per_class, adapt_per_class, strict=False))
     return stream
 
 
@@ -106,11 +124,12 @@ def _class_rows(rows, split, label, test_fraction, adapt_per_class, rng, strict=
         train, test = rows[split == "train"], rows[split == "test"]
         if strict and (len(train) == 0 or len(test) == 0):
             raise TaskError(f"class {label} has {len(train)} train and {len(test)} test samples; it needs both")
-    adapt = rng.permutation(train)[:adapt_per_class]
-    if strict and len(adapt) < adapt_per_class:
+    if strict and len(train) < adapt_per_class:
         raise TaskError(f"class {label} has {len(train)} train samples, fewer than adapt_per_class={adapt_per_class}")
-    return {"train": np.sort(train), "test": np.sort(test), "adapt": np.sort(adapt)}
+    return {"train": np.sort(train), "test": np.sort(test), "adapt_order": rng.permutation(train)}
 
 
-def _concatenate(per_class: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {s: np.concatenate([p[s] for p in per_class]).astype(np.int64) for s in SPLITS}
+def _task(index: int, name: str, classes: list[int], per_class: list[dict], adapt_per_class: int,
+          strict: bool) -> TaskSplit:
+    indices = {s: np.concatenate([p[s] for p in per_class]).astype(np.int64) for s in ("train", "test")}
+    return TaskSplit(index, name, classes, indices, [p["adapt_order"] for p in per_class], adapt_per_class, strict)

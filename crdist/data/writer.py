@@ -42,6 +42,7 @@ class ShardResult:
     record: ShardRecord
     per_class: Counter = field(default_factory=Counter)
     skipped: list[dict] = field(default_factory=list)
+    skipped_rows: list[int] = field(default_factory=list)  # indices into source.samples
     sizes: set = field(default_factory=set)  # (width, height) of the images seen
     pixel_sum: np.ndarray | None = None  # per channel, values in [0, 1]
     pixel_sq_sum: np.ndarray | None = None
@@ -103,6 +104,7 @@ def _write_one(args) -> tuple[int, ShardResult]:
                 if not skip_corrupt:
                     raise
                 result.skipped.append({"sample": sample.origin, "reason": str(err)})
+                result.skipped_rows.append(row)
                 continue
             result.per_class[sample.label] += 1
             yield members

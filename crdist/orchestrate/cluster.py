@@ -1,4 +1,15 @@
-"""Start an embedded Ray cluster, or join a running one, for the duration of a study."""
+"""Start an embedded Ray cluster, or join a running one, for the duration of a study.
+
+Which one is decided here, never by Ray's own guessing: ``ray.init()`` without an address would
+join whatever cluster ``RAY_ADDRESS`` or the machine's last ``ray start`` names, and then refuse the
+``num_cpus`` crdist passes. So:
+
+- an address (``--address``, ``cluster.address``, or else ``RAY_ADDRESS``, which ``ray job submit``
+  and a KubeRay RayJob set for their entrypoint) joins that cluster; ``auto`` joins the one ``ray
+  start`` started on this machine;
+- no address starts a private cluster (``address="local"``) that belongs to this driver alone, so
+  any number of studies can run side by side on one machine, beside a ``ray start`` cluster too.
+"""
 
 from __future__ import annotations
 
@@ -42,23 +53,41 @@ def _quiet_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled" not in record.getMessage()
 
 
+def cluster_address(given: str | None, configured: str | None) -> tuple[str | None, str]:
+    """The cluster to join (None: start a private one) and where that choice came from."""
+    if given:
+        return given, "--address"
+    if configured:
+        return configured, "cluster.address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return None, ""
+
+
 @contextmanager
 def ray_cluster(study, address: str | None, say) -> Iterator[str]:
     import ray
 
-    address = address or study.cluster.address
+    address, origin = cluster_address(address, study.cluster.address)
     train, evaluate = study.train, study.evaluate
     needed = train.workers * train.cpus_per_worker
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet_token_notice)
     _quiet_worker_startup_notices()
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        description = f"joined the Ray cluster at {address}"
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise ClusterError(f"cannot join the Ray cluster at {address} (from {origin}): {err}") from None
+        description = f"joined the Ray cluster at {address} (from {origin})"
     else:
+        # Nothing of this private cluster may point elsewhere: its processes inherit this
+        # environment, and a stale RAY_ADDRESS there would send their own ray calls astray.
+        os.environ.pop("RAY_ADDRESS", None)
         # Room for one train job plus one evaluation, so evaluations overlap training even on a
         # 2-core machine (the per-job start-up is mostly waiting, not computing).
         cpus = study.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed + evaluate.cpus))
         ray.init(
+            address="local",  # always a new cluster of its own, whatever runs on this machine
             num_cpus=cpus,
             include_dashboard=study.cluster.dashboard,
             dashboard_host="127.0.0.1",

@@ -12,8 +12,10 @@ SIGTERM or Ctrl-C asks the running train jobs to checkpoint and stop within
 
 from __future__ import annotations
 
+import os
 import signal
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from crdist.data.manifest import Manifest
@@ -25,6 +27,7 @@ from crdist.models.weights import load_into, save_weights
 from crdist.orchestrate.cluster import ray_cluster
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
+from crdist.orchestrate.leftovers import end_leftovers, end_processes, mark_environment, processes_of_run
 from crdist.orchestrate.rundir import RunDir
 from crdist.orchestrate.scheduler import Scheduler, StudyError, StudyStopped, eval_count
 
@@ -32,15 +35,33 @@ from crdist.orchestrate.scheduler import Scheduler, StudyError, StudyStopped, ev
 def run_study(study, config_source: str, address: str | None = None, run_dir: Path | None = None):
     """Run every job of ``study`` that is not done yet and write its report; returns its summary."""
     run = RunDir(run_dir or Path(study.runs_dir) / study.name)
-    with run.driven():
-        return _drive(study, config_source, address, run)
+    with run.driven(), _own_processes(run) as ended:
+        return _drive(study, config_source, address, run, ended)
 
 
-def _drive(study, config_source: str, address: str | None, run: RunDir):
+@contextmanager
+def _own_processes(run: RunDir):
+    """Mark the processes of this driver's embedded Ray cluster as this run's; end those an earlier,
+    killed driver of the run left behind, and this driver's own stragglers when it ends (see
+    ``leftovers``)."""
+    saved = dict(os.environ)
+    token = mark_environment(run.root)
+    try:
+        yield end_leftovers(run.root, token)
+    finally:
+        end_processes(processes_of_run(run.root))
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _drive(study, config_source: str, address: str | None, run: RunDir, leftovers: list[int]):
     resumed = run.open(study)
     console = Console(run.logs)
     journal = Journal(run.journal)
     journal.record_run_start(resumed)
+    if leftovers:
+        console.print(f"ray    ended {len(leftovers)} process(es) that an earlier, killed driver of this run left "
+                      f"running (pids {', '.join(map(str, leftovers))})")
     signals = _StopOnSignals()
     try:
         with signals:

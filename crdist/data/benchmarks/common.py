@@ -21,7 +21,10 @@ def class_stream(cfg: DataConfig, source: Source, default_classes_per_task: int)
         unknown = [n for group in cfg.task_classes for n in group if n not in index]
         if unknown:
             raise SourceError(f"data.task_classes names classes the source does not have: {unknown}")
-        groups = [[index[n] for n in group] for group in cfg.task_classes][: cfg.tasks]
+        groups = [[index[n] for n in group] for group in cfg.task_classes]
+        if cfg.tasks is not None and cfg.tasks > len(groups):
+            raise SourceError(f"data.tasks={cfg.tasks}, but data.task_classes lists {len(groups)} tasks")
+        groups = groups[: cfg.tasks]
     else:
         groups = task_classes_in_order(len(source.class_names), cfg.tasks,
                                        cfg.classes_per_task or default_classes_per_task, cfg.class_order)
@@ -30,5 +33,10 @@ def class_stream(cfg: DataConfig, source: Source, default_classes_per_task: int)
 
 
 def domain_stream(cfg: DataConfig, source: Source, domains: list[str]) -> list[TaskSplit]:
+    """One task per domain, in the order given; a domain with no samples is an error, never a task
+    dropped without a word."""
+    if cfg.tasks is not None and cfg.tasks > len(domains):
+        raise SourceError(f"data.tasks={cfg.tasks}, but {cfg.benchmark} has {len(domains)} tasks "
+                          f"({', '.join(domains)})")
     return domain_incremental(source, domains=domains[: cfg.tasks], test_fraction=cfg.test_fraction,
                               adapt_per_class=cfg.adapt_per_class, seed=cfg.seed)

@@ -16,13 +16,21 @@ def fmow(cfg):
     source = load_fmow(base, options.by, options.year_bounds)
     if options.by == "year":
         domains = year_bins(options.year_bounds)
-    elif options.regions is not None:
+        empty = [d for d in domains if d not in {s.domain for s in source.samples}]
+        if empty:
+            raise SourceError(f"data.fmow.year_bounds {options.year_bounds}: the year bin(s) {', '.join(empty)} "
+                              f"have no train or val rows; choose bounds that leave none empty")
+        return source, domain_stream(cfg, source, domains)
+    numbering = region_numbering(base)
+    if options.regions is not None:
+        unknown = [r for r in options.regions if r not in numbering]
+        if unknown:
+            raise SourceError(f"data.fmow.regions names {', '.join(map(repr, unknown))}, which FMoW does not have; "
+                              f"its regions are: {', '.join(numbering)}")
         domains = list(options.regions)
     else:
-        numbering = region_numbering(base)
         if len(numbering) < len(PAPER_REGION_ORDER):
             raise SourceError(f"{base}/fmow_v1.1/rgb_metadata.csv: {len(numbering)} regions ({numbering}); the "
                               f"paper's order needs 6: set data.fmow.regions to choose the tasks")
         domains = [numbering[i] for i in PAPER_REGION_ORDER]
-    present = {s.domain for s in source.samples}
-    return source, domain_stream(cfg, source, [d for d in domains if d in present])
+    return source, domain_stream(cfg, source, domains)

@@ -4,6 +4,7 @@ sentiment-domains (one binary task per VADER domain)."""
 from crdist.data.benchmarks import BENCHMARKS
 from crdist.data.benchmarks.common import domain_stream, root
 from crdist.data.sources.text import ORDERS, load_sentiment, load_text5
+from crdist.data.sources.text import sentiment_domains as domains_in
 
 
 @BENCHMARKS.register("text-5")
@@ -16,6 +17,7 @@ def text5(cfg):
 
 @BENCHMARKS.register("sentiment-domains")
 def sentiment_domains(cfg):
-    source = load_sentiment(root(cfg, "the folder of *_GroundTruth.txt files (hutto_ICWSM_2014/)"), cfg.text.domains)
-    domains = list(dict.fromkeys(s.domain for s in source.samples))
+    folder = root(cfg, "the folder of *_GroundTruth.txt files (hutto_ICWSM_2014/)")
+    domains = domains_in(folder, cfg.text.domains)
+    source = load_sentiment(folder, domains)
     return source, domain_stream(cfg, source, domains)

@@ -47,9 +47,18 @@ class Source:
     channels: int = 3  # images: what the decoder converts to (grayscale JPEGs become RGB)
     arrays: np.ndarray | None = None  # N × H × W × C uint8, for samples with ``row``
     skipped: list[dict] = field(default_factory=list)  # corrupt samples skipped (--skip-corrupt)
+    # The raw files besides the samples' own image files that decide the stream (pickles, IDX
+    # files, metadata CSVs, annotation lists, text files): with the image files, what reuse of a
+    # preparation checks for changes.
+    index_files: list[Path] = field(default_factory=list)
 
     def has_test_split(self) -> bool:
         return any(s.split == "test" for s in self.samples)
+
+    def raw_files(self) -> list[Path]:
+        """Every raw file the shards are made from, each once."""
+        images = sorted({s.path for s in self.samples if s.path is not None})
+        return list(dict.fromkeys([*self.index_files, *images]))
 
 
 def encode(source: Source, sample: SourceSample, key: str) -> dict:

@@ -49,7 +49,7 @@ def _load(parts: list[tuple[Path, str]], label_key: str, names: list[str], name:
         arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         digest.update(data.tobytes())
     return Source(name, "image", samples, names, f"{name}:{digest.hexdigest()}", description, channels=3,
-                  arrays=np.ascontiguousarray(np.concatenate(arrays)))
+                  arrays=np.ascontiguousarray(np.concatenate(arrays)), index_files=[path for path, _ in parts])
 
 
 def _strings(meta: dict, key: str, path: Path) -> list[str]:

@@ -46,7 +46,8 @@ def load_fmow(root: Path, by: str, year_bounds: list[int]) -> Source:
     original fMoW train/val rows of those years)."""
     base = require_dir(Path(root) / "fmow_v1.1", _GET)
     metadata = require_file(base / "rgb_metadata.csv", _GET)
-    mapping = _country_regions(require_file(base / "country_code_mapping.csv", _GET))
+    mapping_file = require_file(base / "country_code_mapping.csv", _GET)
+    mapping = _country_regions(mapping_file)
     category = {name: i for i, name in enumerate(CATEGORIES)}
     samples = []
     for index, number, row in _rows(metadata):  # index: the data row's 0-based index = the image number
@@ -70,7 +71,7 @@ def load_fmow(root: Path, by: str, year_bounds: list[int]) -> Source:
     if not samples:
         raise SourceError(f"{metadata}: no train or val rows")
     return Source("fmow", "image", samples, list(CATEGORIES), f"fmow:{fingerprint_files([metadata])}",
-                  f"WILDS FMoW v1.1 by {by}", channels=3)
+                  f"WILDS FMoW v1.1 by {by}", channels=3, index_files=[metadata, mapping_file])
 
 
 def year_bins(bounds: list[int]) -> list[str]:

@@ -59,4 +59,4 @@ def load_image_csv(path: Path) -> Source:
     samples = [SourceSample(f"{split}-{line:07d}", index[label], split, f"{image} ({path} line {line})", path=image)
                for line, image, label, split in rows]
     return Source("csv", "image", samples, classes, f"csv:{fingerprint_files([path])}", f"images listed in {path}",
-                  channels=3)
+                  channels=3, index_files=[path])

@@ -25,9 +25,10 @@ def load_fashion_mnist(root: Path) -> Source:
     root = Path(root)
     parts = [("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
-    arrays, samples, digest = [], [], hashlib.sha256()
+    arrays, samples, digest, files = [], [], hashlib.sha256(), []
     for split, images_name, labels_name in parts:
         images_path, labels_path = _find(root, images_name), _find(root, labels_name)
+        files += [images_path, labels_path]
         images, labels = read_idx(images_path, 0x803), read_idx(labels_path, 0x801)
         if len(images) != len(labels):
             raise SourceError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")
@@ -40,7 +41,7 @@ def load_fashion_mnist(root: Path) -> Source:
         arrays.append(images[..., None])
         digest.update(images.tobytes() + labels.tobytes())
     return Source("fashion-mnist", "image", samples, FASHION_CLASSES, f"fashion-mnist:{digest.hexdigest()}",
-                  "Fashion-MNIST (IDX files)", channels=1, arrays=np.concatenate(arrays))
+                  "Fashion-MNIST (IDX files)", channels=1, arrays=np.concatenate(arrays), index_files=files)
 
 
 def _find(root: Path, name: str) -> Path:

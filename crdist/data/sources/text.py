@@ -57,7 +57,7 @@ def load_text5(root: Path, order: int, train_per_task: int, test_per_task: int, 
     for name in ("ag_news", "dbpedia", "yahoo"):
         names += _class_names(root / ZHANG[name][0] / "classes.txt", _DEFAULT_NAMES[name])
     return Source("text-5", "text", samples, names, f"text5:{fingerprint_files(files)}",
-                  f"Zhang et al. text classification, MbPA++ protocol, order {order}")
+                  f"Zhang et al. text classification, MbPA++ protocol, order {order}", index_files=files)
 
 
 def _zhang_rows(path: Path, labels: int, title_fields: int):
@@ -75,14 +75,18 @@ def _zhang_rows(path: Path, labels: int, title_fields: int):
                 if not 1 <= label <= labels:
                     raise SourceError(f"{path}: line {line}: label {label} outside 1..{labels}")
                 fields = [field.replace("\\n", " ").strip() for field in row[1:]]
-                if title_fields:
-                    text = f"{fields[0]}. {' '.join(fields[1:])}".strip()
-                else:
-                    text = " ".join(fields)
-                yield line, label - 1, text
+                yield line, label - 1, join_text(fields[:title_fields], fields[title_fields:])
                 line = reader.line_num + 1
         except csv.Error as err:
             raise SourceError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
+
+
+def join_text(titles: list[str], bodies: list[str]) -> str:
+    """Title + ". " + body, as the MbPA++ protocol joins them; an empty field adds nothing (no
+    stray ". " before a body without a title, none after a title without a body)."""
+    title = " ".join(t for t in titles if t)
+    body = " ".join(b for b in bodies if b)
+    return f"{title}. {body}" if title and body else title or body
 
 
 def _reservoir(rows, keep: int, rng: random.Random) -> list:
@@ -107,19 +111,31 @@ def _class_names(path: Path, default: list[str]) -> list[str]:
     return names
 
 
+def sentiment_domains(root: Path, domains: list[str] | None) -> list[str]:
+    """The domains in task order: ``domains`` as given (each must have its file), or every
+    ``*_GroundTruth.txt`` in ``root``, the paper's four first."""
+    root = Path(root)
+    found = sorted(p.name.removesuffix("_GroundTruth.txt") for p in root.glob("*_GroundTruth.txt"))
+    if not found:
+        raise SourceError(f"{root}: no *_GroundTruth.txt files (e.g. hutto_ICWSM_2014/ from the vaderSentiment "
+                          "3.3.2 source distribution)")
+    if domains is None:
+        return [d for d in SENTIMENT_DOMAINS if d in found] + [d for d in found if d not in SENTIMENT_DOMAINS]
+    unknown = [d for d in domains if d not in found]
+    if unknown:
+        raise SourceError(f"data.text.domains names {', '.join(map(repr, unknown))}, which {root} does not have "
+                          f"(no <domain>_GroundTruth.txt); its domains are: {', '.join(found)}")
+    return list(domains)
+
+
 def load_sentiment(root: Path, domains: list[str] | None) -> Source:
     """One binary task per domain: positive when the mean valence is above 0, negative below;
     sentences rated exactly 0 are dropped."""
     root = Path(root)
-    if domains is None:
-        found = sorted(p.name.removesuffix("_GroundTruth.txt") for p in root.glob("*_GroundTruth.txt"))
-        if not found:
-            raise SourceError(f"{root}: no *_GroundTruth.txt files (e.g. hutto_ICWSM_2014/ from the vaderSentiment "
-                              "3.3.2 source distribution)")
-        domains = [d for d in SENTIMENT_DOMAINS if d in found] + [d for d in found if d not in SENTIMENT_DOMAINS]
+    domains = sentiment_domains(root, domains)
     samples, files = [], []
     for domain in domains:
-        path = require_file(root / f"{domain}_GroundTruth.txt")
+        path = root / f"{domain}_GroundTruth.txt"
         files.append(path)
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
@@ -136,4 +152,5 @@ def load_sentiment(root: Path, domains: list[str] | None) -> Source:
             samples.append(SourceSample(f"{domain}-{number:06d}", int(valence > 0), "train", f"{path} line {number}",
                                         domain=domain, text=fields[2].strip()))
     return Source("sentiment-domains", "text", samples, ["negative", "positive"],
-                  f"sentiment:{fingerprint_files(files)}", f"VADER ground-truth sentiment, domains {', '.join(domains)}")
+                  f"sentiment:{fingerprint_files(files)}", f"VADER ground-truth sentiment, domains {', '.join(domains)}",
+                  index_files=files)

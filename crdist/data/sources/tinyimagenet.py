@@ -44,7 +44,8 @@ def load_tinyimagenet(root: Path) -> Source:
 
     fingerprint = fingerprint_files([wnids_path, annotations]) + f":{len(samples)}"
     return Source("tinyimagenet", "image", samples, names, f"tinyimagenet:{fingerprint}",
-                  "TinyImageNet-200 (val as the test split)", channels=3)
+                  "TinyImageNet-200 (val as the test split)", channels=3,
+                  index_files=[wnids_path, annotations])
 
 
 def _names(words: Path, wnids: list[str]) -> list[str]:

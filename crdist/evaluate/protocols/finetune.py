@@ -31,7 +31,17 @@ class FinetuneConfig:
 
 @PROTOCOLS.register("finetune")
 def finetune(context: EvalContext) -> float:
+    logits = finetuned_test_logits(context)
+    return (logits.argmax(dim=1) == context.test_labels).float().mean().item()
+
+
+def finetuned_test_logits(context: EvalContext) -> torch.Tensor:
+    """The test split's logits after fine-tuning; a function of the checkpoint, the data and the
+    evaluation seed alone."""
     cfg = context.config.finetune
+    # Dropout (text backbones) draws from the global RNG: seed it too, or two evaluations of one
+    # checkpoint differ.
+    torch.manual_seed(context.seed)
     generator = torch.Generator().manual_seed(context.seed)
     backbone = copy.deepcopy(context.model.backbone)
     head = nn.Linear(context.model.feature_dim, context.num_classes)
@@ -50,5 +60,4 @@ def finetune(context: EvalContext) -> float:
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        logits = head(extract_features(backbone, context.test_inputs))
-    return (logits.argmax(dim=1) == context.test_labels).float().mean().item()
+        return head(extract_features(backbone, context.test_inputs))

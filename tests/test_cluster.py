@@ -1,0 +1,121 @@
+"""Where a study's Ray comes from, on a machine that already runs Ray: `RAY_ADDRESS` joins that
+cluster, no address starts a private one (side by side with any other), and a driver killed with its
+whole process group leaves nothing running once the run is done again."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from crdist.bench.faults import wait_for
+from tests.conftest import ROOT
+
+# One task, a few steps, kNN only: what matters here is where each run's Ray comes from.
+TINY = ["data.tasks=1", "train.methods=[sgd]", "train.max_steps=4", "evaluate.protocols=[knn]"]
+
+
+def start(tmp_path, name, *extra, env=None):
+    sets = [*TINY, f"name={name}", f"runs_dir={tmp_path / 'runs'}", f"data.shards={tmp_path / 'shards'}", *extra]
+    command = [sys.executable, "-m", "crdist", "run"] + [x for s in sets for x in ("--set", s)]
+    log = open(tmp_path / f"{name}.log", "a")
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
+
+
+def finish(process, timeout=600) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_start_cluster():
+    """A cluster started with `ray start --head` on loopback, as on a node where someone ran it: it
+    also writes /tmp/ray/ray_current_cluster, which a bare ray.init() would join."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    address = f"127.0.0.1:{free_port()}"
+    subprocess.run([*ray, "start", "--head", f"--port={address.split(':')[1]}", "--num-cpus=3",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield address
+    finally:
+        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_address_joins_and_no_address_starts_a_private_cluster_beside_others(tmp_path, ray_start_cluster):
+    plain = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    joined = start(tmp_path, "joined", env={**plain, "RAY_ADDRESS": ray_start_cluster, "RAY_AUTH_MODE": "token"})
+    first = start(tmp_path, "first", env=plain)
+    # The second private run starts once the first one's cluster is up, so it sees it running.
+    wait_for(lambda: "started a local Ray cluster" in (tmp_path / "first.log").read_text(), 300,
+             "the first private cluster", alive=first)
+    second = start(tmp_path, "second", "seed=1", env=plain)
+    codes = {name: finish(p) for name, p in (("joined", joined), ("first", first), ("second", second))}
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
+    assert codes == {"joined": 0, "first": 0, "second": 0}, {n: logs[n][-2000:] for n in codes if codes[n]}
+
+    assert f"joined the Ray cluster at {ray_start_cluster} (from RAY_ADDRESS)" in logs["joined"]
+    for name in ("first", "second"):
+        assert "started a local Ray cluster" in logs[name] and "joined" not in logs[name]
+        assert (tmp_path / "runs" / name / "report" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "joined" / "report" / "metrics.json").is_file()
+
+
+def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is_done(tmp_path):
+    first = start(tmp_path, "killed")
+
+    def train_job_starting():
+        try:
+            processes = psutil.Process(first.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        names = []
+        for p in processes:
+            try:
+                names.append(" ".join(p.cmdline()))
+            except psutil.Error:
+                continue
+        return processes if any("TrainController" in n for n in names) else []
+
+    processes = wait_for(train_job_starting, 300, "the first train job's controller", alive=first)
+    # Ray's worker processes run in process groups of their own, so a kill of the driver's group
+    # misses them; they usually exit once they notice their raylet is gone. Stop them, so that
+    # they behave like the one that did not (alive an hour later): only the rerun can end them.
+    outside = [p for p in processes if os.getpgid(p.pid) != first.pid]
+    assert any("TrainController" in " ".join(p.cmdline()) for p in outside)
+    try:
+        for p in outside:
+            p.suspend()
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert all(p.is_running() for p in outside)  # left behind by the kill
+
+        assert finish(start(tmp_path, "killed")) == 0, (tmp_path / "killed.log").read_text()[-3000:]
+        survivors = [p for p in outside if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert survivors == []
+        # (It may also have ended processes started after the snapshot above.)
+        ended = re.search(r"ended (\d+) process\(es\) that an earlier, killed driver of this run left running",
+                          (tmp_path / "killed.log").read_text())
+        assert ended and int(ended.group(1)) >= len(outside)
+        assert (tmp_path / "runs" / "killed" / "report" / "metrics.json").is_file()
+    finally:
+        for p in outside:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass

@@ -1,0 +1,68 @@
+"""The evaluation protocols on hand-made inputs: what each one decides, and that it decides it the
+same way every time."""
+
+import math
+
+import torch
+
+from crdist.data.samples import TextDecoder, collate
+from crdist.evaluate.config import EvalConfig
+from crdist.evaluate.context import EvalContext
+from crdist.evaluate.protocols.finetune import finetuned_test_logits
+from crdist.evaluate.protocols.knn import knn_predict
+from crdist.models.classifier import build_classifier
+from crdist.models.config import ModelConfig
+from tests import fixtures
+
+
+def unit(degrees: float) -> list[float]:
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+def test_knn_neighbours_with_negative_similarity_still_outvote_a_class_with_none():
+    # The test point at 0°; its 3 nearest neighbours (at ±110° and 120°: cosine < 0) are all class 1.
+    # Class 0's only point is at 180°, outside the 3 nearest. Summing raw cosines would give class 1
+    # a negative total and class 0 zero, so class 0 would win without a single neighbour.
+    bank = torch.tensor([unit(110), unit(-110), unit(120), unit(180)])
+    labels = torch.tensor([1, 1, 1, 0])
+    test = torch.tensor([unit(0)])
+    assert knn_predict(bank, labels, test, k=3, num_classes=2).tolist() == [1]
+    assert knn_predict(bank, labels, test, k=3, num_classes=2, temperature=1.0).tolist() == [1]
+
+
+def test_knn_weights_closer_neighbours_more_with_a_lower_temperature():
+    # Two class-0 neighbours at 60° against one class-1 neighbour at 0°: cool votes favour the
+    # single closest neighbour; warm ones (nearly equal weights) the majority.
+    bank = torch.tensor([unit(60), unit(-60), unit(0)])
+    labels = torch.tensor([0, 0, 1])
+    test = torch.tensor([unit(0)])
+    assert knn_predict(bank, labels, test, k=3, num_classes=2, temperature=0.1).tolist() == [1]
+    assert knn_predict(bank, labels, test, k=3, num_classes=2, temperature=10.0).tolist() == [0]
+
+
+def test_finetuning_a_text_checkpoint_is_the_same_whatever_the_global_rng_holds(tmp_path):
+    # A BERT encoder has dropout; in a reused evaluation process the global RNG is wherever the
+    # previous job left it. The result must depend on the evaluation seed alone.
+    bert = fixtures.tiny_bert(tmp_path / "bert")
+    model = build_classifier(ModelConfig(backbone="hf-encoder", pretrained=str(bert), max_length=16), 0, 2, seed=0)
+    model.eval()
+    decode = TextDecoder(str(bert), 16)
+    texts = ["good film", "great love", "bad film", "awful", "the good", "the bad", "love it", "awful film"]
+    samples = [decode({"__key__": f"s{i}", "txt": t.encode(), "cls": str(i % 2).encode()})
+               for i, t in enumerate(texts)]
+    inputs, labels = collate(samples)
+    context = EvalContext(model=model, adapt_inputs=inputs, adapt_labels=labels, test_inputs=inputs,
+                          test_labels=labels, num_classes=2, seed=7,
+                          config=_config())
+    torch.manual_seed(1)
+    first = finetuned_test_logits(context)
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = finetuned_test_logits(context)
+    assert torch.equal(first, second)
+
+
+def _config() -> EvalConfig:
+    from tests.conftest import study
+
+    return study(evaluate={"finetune": {"steps": 5, "batch_size": 4}}).evaluate
