@@ -1,9 +1,15 @@
-"""The whole configuration of a study: one section per component, loaded from YAML."""
+"""The whole configuration of a study: one section per component, loaded from YAML.
+
+Besides the fixed sections, every method with options contributes its own section, named after
+it (``lpft:``, ``der:``, ``ewc:`` …): the method's file owns its config class, and the study is
+assembled from the registry, so a new method never edits this file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Sequence
 
@@ -11,33 +17,54 @@ from crdist import config
 from crdist.config import require
 from crdist.data.config import DataConfig
 from crdist.evaluate.config import EvalConfig
-from crdist.methods.lpft import LPFTConfig
+from crdist.methods import METHODS
 from crdist.models.config import ModelConfig
 from crdist.orchestrate.config import ClusterConfig
 from crdist.train.checkpoint import CheckpointConfig
 from crdist.train.config import TrainConfig
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    name: str = "demo"
-    seed: int = 0
-    runs_dir: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    lpft: LPFTConfig = field(default_factory=LPFTConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-
-    def validate(self) -> None:
-        require(
-            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
-            "name",
-            f"must be a plain directory name (letters, digits, . _ -), got {self.name!r}",
-        )
+def method_sections() -> dict[str, type]:
+    """Method name → its config class, for every registered method that has options."""
+    return {name: METHODS.get(name).Config for name in METHODS.names() if METHODS.get(name).Config is not None}
 
 
-def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+def _validate(self) -> None:
+    require(
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
+        "name",
+        f"must be a plain directory name (letters, digits, . _ -), got {self.name!r}",
+    )
+    for name in self.train.methods:
+        method = METHODS.get(name)
+        require(self.train.zero_stage in method.zero_stages, "train.zero_stage",
+                f"method {name} cannot run at ZeRO-{self.train.zero_stage}: {method.zero_stage_limit}; "
+                f"use train.zero_stage {max(method.zero_stages)} or lower, or leave {name} out of train.methods")
+
+
+def _method_config(self, name: str):
+    """The config section of method ``name`` (None for a method without options)."""
+    return getattr(self, name, None) if name in method_sections() else None
+
+
+StudyConfig = dataclasses.make_dataclass(
+    "StudyConfig",
+    [
+        ("name", str, field(default="demo")),
+        ("seed", int, field(default=0)),
+        ("runs_dir", str, field(default="runs")),
+        ("data", DataConfig, field(default_factory=DataConfig)),
+        ("model", ModelConfig, field(default_factory=ModelConfig)),
+        ("train", TrainConfig, field(default_factory=TrainConfig)),
+        ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
+        ("evaluate", EvalConfig, field(default_factory=EvalConfig)),
+        ("cluster", ClusterConfig, field(default_factory=ClusterConfig)),
+        *[(name, cls, field(default_factory=cls)) for name, cls in method_sections().items()],
+    ],
+    frozen=True,
+    namespace={"validate": _validate, "method_config": _method_config, "__module__": __name__},
+)
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()):
     return config.load(StudyConfig, path, overrides)

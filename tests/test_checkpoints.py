@@ -49,7 +49,7 @@ def run_job(directory, shards, kill_at_step=None):
     directory.mkdir(exist_ok=True)
     c0 = directory / "c_0.safetensors"
     save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), c0)
-    job = TrainJob(study=cfg, method="lpft", task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
+    job = TrainJob.from_study(cfg, "lpft", task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
                    output=str(directory / "c_1.safetensors"), checkpoints=str(directory / "checkpoints"),
                    log_dir=str(directory / "logs"))
     events_path = directory / "events.json"

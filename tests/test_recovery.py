@@ -1,5 +1,6 @@
-"""Failures during a real study on real Ray, with real signals: a killed worker, a stopped and a
-killed driver, a lost node. Each run must end bit-identical to the uninterrupted reference."""
+"""Failures during a real study on real Ray, with real signals: killed workers of methods with
+state (a replay buffer, importances), a stopped and a killed driver, a lost node. Each run must end
+bit-identical to the uninterrupted reference."""
 
 import json
 import os
@@ -53,44 +54,95 @@ def finished_once(run_dir) -> dict:
     return {e["job"]: e for e in finished}
 
 
-def assert_same_results(run_dir, reference_dir, every_step_recorded=True):
-    for path in sorted((reference_dir / "report").glob("matrix_*.json")):
-        assert json.loads((run_dir / "report" / path.name).read_text()) == json.loads(path.read_text()), path.name
-    for path in sorted((reference_dir / "models").rglob("*.safetensors")):
+def assert_same_results(run_dir, reference_dir, every_step_recorded=True, methods=None):
+    """``run_dir`` ended exactly as ``reference_dir`` did, for ``methods`` (default: all of the
+    reference's): matrices, weights, and the loss of every step."""
+    methods = methods or sorted(p.name for p in (reference_dir / "models").iterdir() if p.is_dir())
+    for method in methods:
+        for path in sorted((reference_dir / "report").glob(f"matrix_{method}_*.json")):
+            assert json.loads((run_dir / "report" / path.name).read_text()) == json.loads(path.read_text()), path.name
+    for path in [reference_dir / "models" / "c_0.safetensors"] + [
+            p for m in methods for p in sorted((reference_dir / "models" / m).glob("*.safetensors"))]:
         got, expected = load_weights(run_dir / path.relative_to(reference_dir)), load_weights(path)
         assert all(torch.equal(got[k], expected[k]) for k in expected), path.name
     # Every step trained, including steps trained again after a failure, has the reference's loss.
     # (A killed driver loses the progress events still on their way to it: those steps go unrecorded.)
-    reference = {(e["task"], e["step"]): e["loss"] for e in events(reference_dir) if e.get("kind") == "train"}
+    def key(e):
+        return e["method"], e["task"], e["step"]
+
+    reference = {key(e): e["loss"] for e in events(reference_dir) if e.get("kind") == "train" and e["method"] in methods}
     trained = [e for e in events(run_dir) if e.get("kind") == "train"]
-    recorded = {(e["task"], e["step"]) for e in trained}
+    recorded = {key(e) for e in trained}
     assert recorded == set(reference) if every_step_recorded else recorded <= set(reference)
-    assert all(e["loss"] == reference[(e["task"], e["step"])] for e in trained)
+    assert all(e["loss"] == reference[key(e)] for e in trained)
 
 
 def wait_until_gone(pids, timeout=60):
     wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout, "the old processes to exit")
 
 
+def method_state(run_dir, method, task, rank) -> dict:
+    return torch.load(run_dir / "models" / method / f"c_{task}.state" / f"rank-{rank}.pt", weights_only=True)
+
+
+def same(a, b) -> bool:
+    """Deep equality of states: tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("recovery")
-    assert finish(start(tmp_path, "reference")) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    process = start(tmp_path, "reference", "train.methods=[lpft,der,ewc]")
+    assert finish(process, timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     return tmp_path, tmp_path / "runs" / "reference"
 
 
-def test_a_worker_killed_mid_task_is_restarted_from_its_checkpoint(reference):
+def test_workers_of_methods_with_state_killed_mid_task_resume_bit_identical(reference):
+    """der keeps a replay buffer per rank, ewc a Fisher and an anchor: both carried from task 1 and
+    saved in every checkpoint. A worker of each is SIGKILLed in task 2; Ray Train restarts the
+    group from the checkpoint, and the run ends as if nothing happened, states included."""
     tmp_path, reference_dir = reference
-    run_dir = tmp_path / "runs" / "worker"
-    process = start(tmp_path, "worker")
-    wait_for(checkpoint_at_least(run_dir, "lpft", 1, 20), 300, "a checkpoint of task 1", alive=process)
-    os.kill(worker_pid(run_dir, "lpft", 1, rank=1), signal.SIGKILL)
-    assert finish(process) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    run_dir = tmp_path / "runs" / "workers"
+    process = start(tmp_path, "workers", "train.methods=[der,ewc]")
+    killed = {}
 
-    task1 = finished_once(run_dir)["train/lpft/1"]
-    assert task1["resumed_from"] >= 20  # Ray Train restarted the worker group within the same run
-    assert any(e.get("kind") == "start" and e["task"] == 1 and e["step"] >= 20 for e in events(run_dir))
-    assert_same_results(run_dir, reference_dir)
+    def kill_each_once():
+        for method, rank in (("der", 1), ("ewc", 0)):
+            if method not in killed and checkpoint_at_least(run_dir, method, 2, 20)():
+                os.kill(worker_pid(run_dir, method, 2, rank), signal.SIGKILL)
+                killed[method] = rank
+        return len(killed) == 2
+
+    wait_for(kill_each_once, 600, "task 2 checkpoints of der and ewc", alive=process)
+    assert finish(process, timeout=900) == 0, (tmp_path / "workers.log").read_text()[-3000:]
+
+    finished = finished_once(run_dir)
+    for method in ("der", "ewc"):
+        assert finished[f"train/{method}/2"]["resumed_from"] >= 20  # restarted within the same run
+        assert any(e.get("kind") == "start" and e["method"] == method and e["task"] == 2 and e["step"] >= 20
+                   for e in events(run_dir))
+        for task in (1, 2):
+            for rank in (0, 1):
+                assert same(method_state(run_dir, method, task, rank), method_state(reference_dir, method, task, rank))
+    assert_same_results(run_dir, reference_dir, methods=["der", "ewc"])
+
+    # What the states hold: a reservoir per rank (half of the 256 samples each) over both tasks,
+    # with stored logits; a Fisher that is the same on both ranks, anchored at c_2.
+    for rank in (0, 1):
+        buffer = method_state(run_dir, "der", 2, rank)["buffer"]
+        assert len(buffer["labels"]) == 128 and buffer["logits"].shape == (128, 10)
+        assert set(buffer["tasks"].tolist()) == {1, 2} and buffer["seen"] == 2 * 140 * 16
+    ewc = [method_state(run_dir, "ewc", 2, rank) for rank in (0, 1)]
+    assert same(ewc[0]["fisher"], ewc[1]["fisher"])
+    weights = load_weights(run_dir / "models" / "ewc" / "c_2.safetensors")
+    assert all(torch.equal(ewc[0]["anchor"][k], weights[k]) for k in ewc[0]["anchor"])
 
 
 def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finished_jobs(reference):
@@ -132,7 +184,7 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     }
     runs = [e for e in journal(run_dir) if e["event"] == "run"]
     assert [r["resumed"] for r in runs] == [False, True, True]
-    assert_same_results(run_dir, reference_dir, every_step_recorded=False)
+    assert_same_results(run_dir, reference_dir, every_step_recorded=False, methods=["lpft"])
     last_resume = finished["train/lpft/2"]["resumed_from"]
     task2 = {e["step"] for e in events(run_dir) if e.get("kind") == "train" and e["task"] == 2}
     assert set(range(last_resume + 1, 141)) <= task2  # the final run recorded every step it trained
@@ -164,4 +216,4 @@ def test_a_study_across_two_nodes_survives_losing_one(reference):
 
     assert "2 nodes" in (tmp_path / "nodes.log").read_text()
     assert finished_once(run_dir)["train/lpft/1"]["resumed_from"] >= 20
-    assert_same_results(run_dir, reference_dir)
+    assert_same_results(run_dir, reference_dir, methods=["lpft"])

@@ -36,7 +36,7 @@ def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **trai
     )
     c0 = tmp_path / "c_0.safetensors"
     save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), c0)
-    job = TrainJob(study=cfg, method=method, task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
+    job = TrainJob.from_study(cfg, method, task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
                    output=str(tmp_path / "c_1.safetensors"), checkpoints=str(tmp_path / "checkpoints"),
                    log_dir=str(tmp_path / "logs"))
     mp.spawn(_rank_main, args=(job, free_port(), str(tmp_path / "events.json")), nprocs=2, join=True)
@@ -72,7 +72,7 @@ def test_lpft_switches_from_probe_to_finetuning_with_a_restarted_schedule(tmp_pa
     assert probe == round(0.5 * len(events)) and phases == ["probe"] * probe + ["finetune"] * (len(events) - probe)
     # The probe's cosine schedule has decayed; fine-tuning starts again at its own peak, train.lr.
     assert events[probe - 1]["lr"] < 0.01 * 0.1
-    assert events[probe]["lr"] == job.study.train.lr
+    assert events[probe]["lr"] == job.train.lr
     before, after = load_weights(job.init_weights), load_weights(job.output)
     assert not torch.equal(before["backbone.0.weight"], after["backbone.0.weight"])
     assert not torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"])  # BN trains again

@@ -15,22 +15,32 @@ from crdist.atomic import write_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder
 from crdist.data.stream import read_split
+from crdist.evaluate.config import EvalConfig
 from crdist.evaluate.context import EvalContext
 from crdist.evaluate.protocols import PROTOCOLS
 from crdist.models.classifier import build_classifier
+from crdist.models.config import ModelConfig
 from crdist.models.weights import load_into
 from crdist.seeding import derive_seed
 
 
 @dataclass(frozen=True)
 class EvalJob:
-    study: object  # crdist.study.StudyConfig
+    model: ModelConfig
+    evaluate: EvalConfig
+    seed: int
+    stream_url: str | None  # data.stream_url
     checkpoint: str  # e.g. "c_0" or "sgd/c_3"
     row: int  # i: 0 for the initial model, 1..T after task i
     task: int  # j
     weights: str
     shards: str
     output: str
+
+    @classmethod
+    def from_study(cls, study, **job) -> "EvalJob":
+        return cls(model=study.model, evaluate=study.evaluate, seed=study.seed, stream_url=study.data.stream_url,
+                   **job)
 
     @property
     def label(self) -> str:
@@ -40,15 +50,14 @@ class EvalJob:
 def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    cfg = job.study
     manifest = Manifest.load(job.shards)
-    model = build_classifier(cfg.model, manifest.in_channels, manifest.num_classes, cfg.seed)
+    model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed)
     load_into(model, job.weights)
     model.eval()
     classes = manifest.task(job.task).classes
-    decode = make_decoder(manifest, cfg.model)
-    adapt_inputs, adapt_labels = read_split(manifest, job.task, "adapt", decode, cfg.data.stream_url)
-    test_inputs, test_labels = read_split(manifest, job.task, "test", decode, cfg.data.stream_url)
+    decode = make_decoder(manifest, job.model)
+    adapt_inputs, adapt_labels = read_split(manifest, job.task, "adapt", decode, job.stream_url)
+    test_inputs, test_labels = read_split(manifest, job.task, "test", decode, job.stream_url)
     context = EvalContext(
         model=model,
         adapt_inputs=adapt_inputs,
@@ -56,10 +65,10 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         test_inputs=test_inputs,
         test_labels=_task_local(test_labels, classes),
         num_classes=len(classes),
-        seed=_eval_seed(cfg.seed, job.row, job.task),
-        config=cfg.evaluate,
+        seed=_eval_seed(job.seed, job.row, job.task),
+        config=job.evaluate,
     )
-    accuracy = {name: PROTOCOLS.get(name)(context) for name in cfg.evaluate.protocols}
+    accuracy = {name: PROTOCOLS.get(name)(context) for name in job.evaluate.protocols}
     result = {
         "checkpoint": job.checkpoint,
         "row": job.row,

@@ -1,11 +1,11 @@
 """Continual-learning methods: how a backbone is updated while it trains on one task.
 
 A method is one module here that registers a :class:`~crdist.methods.base.Method` subclass with
-``@METHODS.register(name)``.
+``@METHODS.register(name)``; it owns its config section, its state and its hooks (see base.py).
 """
 
 from crdist.registry import Registry
 
 METHODS: Registry = Registry("method")
 
-from crdist.methods import lpft, sgd  # noqa: E402,F401  (register themselves)
+from crdist.methods import agem, der, er, ewc, frozen, lpft, lump, sgd, si  # noqa: E402,F401  (register themselves)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from crdist.config import require
 from crdist.methods import METHODS
-from crdist.methods.base import Method, Phase, TaskContext
+from crdist.methods.base import Method, MethodContext, Phase
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,10 @@ class LPFTConfig:
 @METHODS.register("lpft")
 class LPFT(Method):
     name = "lpft"
+    Config = LPFTConfig
 
-    def __init__(self, context: TaskContext, config: LPFTConfig = LPFTConfig()):
-        super().__init__(context)
-        self.config = config
-
-    @classmethod
-    def from_study(cls, context: TaskContext, study) -> "LPFT":
-        return cls(context, study.lpft)
+    def __init__(self, context: MethodContext, config: LPFTConfig = LPFTConfig()):
+        super().__init__(context, config)
 
     def phases(self, total_steps: int) -> list[Phase]:
         probe = min(total_steps, max(1, round(self.config.probe_fraction * total_steps)))

@@ -117,12 +117,18 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
 
 
 def _check_modality(study, manifest: Manifest) -> None:
+    from crdist.methods import METHODS
     from crdist.models.backbones import BACKBONES
 
     takes = BACKBONES.get(study.model.backbone).modality
     if takes != manifest.modality:
         raise StudyError(f"benchmark {manifest.benchmark} streams {manifest.modality}, but model.backbone "
                          f"{study.model.backbone} takes {takes}")
+    for name in study.train.methods:
+        if manifest.modality not in METHODS.get(name).modalities:
+            raise StudyError(f"method {name} trains on {' or '.join(METHODS.get(name).modalities)} inputs only, but "
+                             f"benchmark {manifest.benchmark} streams {manifest.modality}; leave {name} out of "
+                             f"train.methods")
 
 
 def _describe_stream(manifest: Manifest) -> str:

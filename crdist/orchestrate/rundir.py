@@ -5,6 +5,7 @@
                 checkpoints/<method>/task-<i>/   mid-task checkpoints of the job in progress
                 models/c_0.safetensors  the initial model, shared by every method
                 models/<method>/c_<i>.safetensors
+                models/<method>/c_<i>.state/rank-<r>.pt   the method's state after task i, per rank
                 eval/c_0/0-<j>.json, eval/<method>/<i>-<j>.json
                 logs/driver.log, logs/events.jsonl, logs/train/*.log
                 ray/                    Ray Train's storage for the train jobs
@@ -66,6 +67,11 @@ class RunDir:
         if row == 0:
             return self.root / "models" / "c_0.safetensors"
         return self.root / "models" / method / f"c_{row}.safetensors"
+
+    def method_state(self, method: str, row: int) -> Path:
+        """A method's state after task ``row`` (replay buffers, importances), one file per rank,
+        written before the weights c_row; what the job of task row+1 starts from."""
+        return self.root / "models" / method / f"c_{row}.state"
 
     def evaluation(self, method: str | None, row: int, task: int) -> Path:
         folder = "c_0" if row == 0 else method
@@ -139,7 +145,12 @@ _EXECUTION_ONLY = (
 
 
 def _results_part(study: dict) -> str:
+    from crdist.study import method_sections
+
     trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in study.items()}
+    for name in method_sections():  # the options of a method the study does not run change nothing
+        if name not in study.get("train", {}).get("methods", []):
+            trimmed.pop(name, None)
     # (two levels deep is enough for every key listed above)
     for path in _EXECUTION_ONLY:
         node = trimmed

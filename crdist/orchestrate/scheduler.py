@@ -146,9 +146,9 @@ class Scheduler:
             return
         if self.stop_deadline is not None:
             return
-        train_job = TrainJob(
-            study=self.study,
-            method=method,
+        train_job = TrainJob.from_study(
+            self.study,
+            method,
             task=task,
             num_tasks=self.tasks,
             shards=str(self.manifest.root),
@@ -156,6 +156,8 @@ class Scheduler:
             output=str(output.resolve()),
             checkpoints=str(self.run_dir.checkpoints(method, task).resolve()),
             log_dir=str((self.run_dir.logs / "train").resolve()),
+            init_state=str(self.run_dir.method_state(method, task - 1).resolve()) if task > 1 else None,
+            output_state=str(self.run_dir.method_state(method, task).resolve()),
         )
         # Launched from the driver's node: a worker node lost to preemption then takes only
         # workers with it, never the job's controller.
@@ -175,8 +177,8 @@ class Scheduler:
             return
         if self.stop_deadline is not None:
             return
-        eval_job = EvalJob(
-            study=self.study,
+        eval_job = EvalJob.from_study(
+            self.study,
             checkpoint=checkpoint,
             row=row,
             task=task,

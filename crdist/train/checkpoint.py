@@ -85,6 +85,7 @@ class TaskCheckpoints:
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory = Path(directory)
         self.keep = keep
+        self.loaded: Path | None = None  # the checkpoint ``load`` restored
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint. The ``latest`` file is for people and tools: a kill
@@ -92,8 +93,9 @@ class TaskCheckpoints:
         complete = [p for p in self._complete() if p.is_dir()]
         return complete[-1] if complete else None
 
-    def save(self, engine, position: Position, rank: int, world: int, barrier) -> Path:
-        """Every rank calls this at the same step; returns the finished checkpoint directory."""
+    def save(self, engine, position: Position, rank: int, world: int, barrier, method_state: dict | None = None) -> Path:
+        """Every rank calls this at the same step; returns the finished checkpoint directory.
+        ``method_state``: this rank's method state (replay buffer, importances), saved beside it."""
         name = f"step-{position.step:06d}"
         final, partial = self.directory / name, self.directory / f"{name}.partial"
         if agree((final / COMPLETE).is_file()):  # rank 0's view decides, so every rank returns together
@@ -106,6 +108,8 @@ class TaskCheckpoints:
             partial.mkdir(parents=True)
         barrier()
         engine.save_checkpoint(str(partial), tag=ENGINE_TAG, client_state={}, save_latest=False)
+        if method_state:
+            torch.save(method_state, partial / f"method-rank{rank}.pt")
         write_json(partial / f"position-rank{rank}.json", asdict(position))
         barrier()
         if rank == 0:
@@ -144,7 +148,13 @@ class TaskCheckpoints:
             raise CheckpointError(f"{checkpoint}: DeepSpeed found no checkpoint to load")
         position = Position(**json.loads(position_file.read_text()))
         position.restore_rng()
+        self.loaded = checkpoint
         return position
+
+    def method_state(self, rank: int) -> dict:
+        """This rank's method state in the checkpoint ``load`` restored ({} when it kept none)."""
+        path = self.loaded / f"method-rank{rank}.pt"
+        return torch.load(path, weights_only=True) if path.is_file() else {}
 
     def clear(self) -> None:
         """Drop the task's checkpoints once its final weights are safely written. Renamed first,

@@ -37,7 +37,7 @@ def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | N
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    train = job.study.train
+    train = job.train
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={"job": job, "progress": progress, "stop": stop},

@@ -16,15 +16,17 @@ from typing import Callable
 
 import torch
 
-from crdist.atomic import write_json, write_text
+from crdist.atomic import atomic_path, write_json, write_text
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder, to_device
 from crdist.data.stream import RankStream, StreamSpec
-from crdist.methods.base import Method, Phase, TaskContext, build_method
+from crdist.methods.base import Method, MethodContext, Phase, build_method, trainable
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
 from crdist.seeding import derive_seed
-from crdist.train.checkpoint import JobLock, Position, TaskCheckpoints, agree
+from crdist.models.config import ModelConfig
+from crdist.train.checkpoint import CheckpointConfig, CheckpointError, JobLock, Position, TaskCheckpoints, agree
+from crdist.train.config import TrainConfig
 from crdist.train.engine import make_accelerator, param_groups, reset_optimizer_state, set_learning_rates
 from crdist.train.policy import CheckpointPolicy, StopWatcher
 from crdist.train.schedule import lr_at
@@ -34,10 +36,16 @@ log = logging.getLogger("crdist.train")
 
 @dataclass(frozen=True)
 class TrainJob:
-    """Everything a worker needs to train one method on one task (picklable)."""
+    """Everything a worker needs to train one method on one task (picklable): the config sections
+    it uses, and where its inputs and outputs live."""
 
-    study: object  # crdist.study.StudyConfig
+    train: TrainConfig
+    model: ModelConfig
+    checkpoint: CheckpointConfig
+    seed: int
+    stream_url: str | None  # data.stream_url
     method: str
+    method_config: object  # the method's own config section (None for a method without options)
     task: int
     num_tasks: int
     shards: str  # prepared stream directory (with manifest.json)
@@ -45,6 +53,14 @@ class TrainJob:
     output: str  # where c_task is written
     checkpoints: str  # this job's mid-task checkpoint directory
     log_dir: str
+    init_state: str | None = None  # the method's state after task-1, per rank (a directory)
+    output_state: str | None = None  # where this task's method state is written, before c_task
+
+    @classmethod
+    def from_study(cls, study, method: str, **job) -> "TrainJob":
+        return cls(train=study.train, model=study.model, checkpoint=study.checkpoint, seed=study.seed,
+                   stream_url=study.data.stream_url, method=method, method_config=study.method_config(method),
+                   **job)
 
     @property
     def label(self) -> str:
@@ -63,6 +79,7 @@ class TaskResult:
     samples_per_second: float
     resumed_from: int | None  # the checkpoint step this attempt started from
     stopped: bool  # stopped early on request (checkpointed, weights not written)
+    method_state_bytes: int = 0  # what the method holds on rank 0 (buffers, importances)
 
 
 Reporter = Callable[[dict], None]
@@ -83,14 +100,14 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
     lock = JobLock(Path(job.checkpoints)) if rank == 0 else None
     try:
         log.info("%s: rank %d of %d, pid %d", job.label, rank, world, os.getpid())
-        accelerator = make_accelerator(job.study.train, world)
+        accelerator = make_accelerator(job.train, world)
         if agree(Path(job.output).is_file()):  # a restart after the job had already finished
             log.info("%s: already finished, weights in %s", job.label, job.output)
             return _finished(job)
         if lock is not None:
             lock.acquire()  # a dying attempt's rank 0 may still be working in the checkpoint directory
         run = _setup(job, accelerator, world, rank)
-        policy = CheckpointPolicy(job.study.checkpoint, stop)
+        policy = CheckpointPolicy(job.checkpoint, stop)
         result = _fit(run, job, report, policy)
         if not result.stopped:
             _save(run, job, result)
@@ -129,46 +146,62 @@ class _Run:
 
 
 def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
-    cfg = job.study
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    torch.manual_seed(derive_seed(cfg.seed, "train", job.method, job.task, rank))
+    train = job.train
+    torch.set_num_threads(max(1, int(train.cpus_per_worker)))
+    torch.manual_seed(derive_seed(job.seed, "train", job.method, job.task, rank))
 
     manifest = Manifest.load(job.shards)
-    model = build_classifier(cfg.model, manifest.in_channels, manifest.num_classes, cfg.seed)
+    model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed)
     load_into(model, job.init_weights)
-    method = build_method(
-        job.method, TaskContext(manifest.task(job.task), manifest.num_classes, cfg.model.head, cfg.train.lr), cfg
-    )
     spec = StreamSpec(
         task=job.task,
         split="train",
         rank=rank,
         world=world,
-        batch_size=cfg.train.batch_size,
-        loader_workers=cfg.train.loader_workers,
-        shuffle_buffer=cfg.train.shuffle_buffer,
-        seed=cfg.seed,
+        batch_size=train.batch_size,
+        loader_workers=train.loader_workers,
+        shuffle_buffer=train.shuffle_buffer,
+        seed=job.seed,
     )
-    stream = RankStream(manifest, spec, make_decoder(manifest, cfg.model), cfg.data.stream_url)
-    steps_per_epoch = [stream.steps_in_epoch(e) for e in range(cfg.train.epochs)]
-    total = min(sum(steps_per_epoch), cfg.train.max_steps or sum(steps_per_epoch))
-    phases = [p for p in method.phases(total) if p.steps > 0]
+    stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
+    context = MethodContext(
+        method=job.method, task=manifest.task(job.task), num_tasks=job.num_tasks, num_classes=manifest.num_classes,
+        modality=manifest.modality, head=job.model.head, lr=train.lr, seed=job.seed, rank=rank, world=world,
+        zero_stage=train.zero_stage, device=accelerator.device,
+        batches=lambda epoch: _on_device(stream.batches(epoch), accelerator.device),
+    )
+    method = build_method(job.method, context, job.method_config)
+    steps_per_epoch = [stream.steps_in_epoch(e) for e in range(train.epochs)]
+    available = min(sum(steps_per_epoch), train.max_steps or sum(steps_per_epoch))
+    phases = [p for p in method.phases(available) if p.steps > 0]
+    total = sum(p.steps for p in phases)  # a method may train for fewer steps (frozen: none)
     _check_phase_order(job.method, phases)
     log.info("%s: %d steps over %d epoch(s), phases %s, world %d", job.label, total, len(steps_per_epoch), phases, world)
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
-    checkpoints = TaskCheckpoints(job.checkpoints, keep=cfg.checkpoint.keep)
+    checkpoints = TaskCheckpoints(job.checkpoints, keep=job.checkpoint.keep)
     start = checkpoints.load(model, rank, world) or Position(step=0, epoch=0, batch_in_epoch=0)
     if start.step:
         log.info("%s: resuming from the checkpoint at step %d (epoch %d, batch %d)", job.label, start.step,
                  start.epoch, start.batch_in_epoch)
+        method.load_state_dict(checkpoints.method_state(rank))
+    else:
+        carried = load_method_state(job.init_state, rank, world)
+        if carried is not None:
+            method.load_state_dict(carried)
+        method.start_task(model)
     return _Run(accelerator, model, optimizer, method, stream, steps_per_epoch, total, phases, world, rank,
                 checkpoints, start)
 
 
+def _on_device(batches, device):
+    for inputs, labels in batches:
+        yield to_device(inputs, device), labels.to(device)
+
+
 def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -> TaskResult:
-    cfg = job.study.train
+    cfg = job.train
     accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
     schedule = [(phase, i) for phase in run.phases for i in range(phase.steps)]
     losses: list[float] = list(run.start.losses)
@@ -198,9 +231,8 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
             # (optimizer.step() and zero_grad() below are then no-ops kept for other engines).
             set_learning_rates(optimizer, backbone_lr=lr if phase.train_backbone else 0.0, head_lr=lr)
             loss = run.method.loss(model, to_device(images, accelerator.device), labels.to(accelerator.device), phase)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+            _backward_and_step(run, loss, lr if phase.train_backbone else 0.0)
+            run.method.after_step()
             step += 1
             window.add(len(labels) * run.world)
             if step % cfg.log_every == 0 or step in (1, run.total_steps):
@@ -223,7 +255,8 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
             save, stopped = policy.decide(step, run.total_steps, accelerator)
             if save:
                 position = Position.capture(step, *_next_batch(run, epoch, batch_in_epoch), losses)
-                saved = run.checkpoints.save(model, position, run.rank, run.world, accelerator.wait_for_everyone)
+                saved = run.checkpoints.save(model, position, run.rank, run.world, accelerator.wait_for_everyone,
+                                             method_state=run.method.state_dict())
                 policy.saved()
                 log.info("%s: checkpoint %s", job.label, saved)
                 _report(accelerator, report, {"kind": "checkpoint", "job": job.label, "method": job.method,
@@ -233,6 +266,11 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
             break
     seconds = time.perf_counter() - started
     trained = step - run.start.step
+    if not stopped:
+        _buffers_from_rank0(model)
+        run.method.end_task(model)  # every rank: it may all-reduce (a Fisher, an importance)
+    state_bytes = run.method.state_bytes()
+    log.info("%s: the method holds %.1f KiB on rank %d (buffers, importances)", job.label, state_bytes / 1024, run.rank)
     return TaskResult(
         world=run.world,
         engine=str(accelerator.distributed_type.value),
@@ -244,7 +282,60 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         samples_per_second=trained * cfg.batch_size * run.world / max(seconds, 1e-9),
         resumed_from=run.start.step or None,
         stopped=stopped,
+        method_state_bytes=state_bytes,
     )
+
+
+def _buffers_from_rank0(model) -> None:
+    """Give every rank rank 0's BatchNorm statistics: the model that is saved as c_i.
+
+    Each rank updates its running statistics from its own batches, and a checkpoint keeps rank 0's
+    only, so after a resume the other ranks' statistics differ from an uninterrupted run's. Training
+    never reads them (train mode uses batch statistics), but a method's task end may (EWC's Fisher
+    runs in eval mode): it must see c_i on every rank, the same after a resume as without one.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for buffer in getattr(model, "module", model).buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
+
+
+def _backward_and_step(run: _Run, loss, lr: float) -> None:
+    """Backward and the optimizer step. With DeepSpeed, ``accelerator.backward`` runs both.
+
+    For a method with a gradient hook the engine's backward and step are driven apart: after the
+    backward, DeepSpeed holds the gradient averaged over ranks (partitioned under ZeRO-1/2); the
+    method gets it whole (``safe_get_full_grad``, a collective per parameter), and what it returns
+    goes back into the partitions (``safe_set_full_grad``) before the step clips and applies it.
+    """
+    if not run.method.hooks_gradients:
+        run.accelerator.backward(loss)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+        return
+    from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+    engine = run.model
+    engine.backward(loss)
+    params = [p for _, p in trainable(engine)]
+    grads = [safe_get_full_grad(p) for p in params]
+    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+    for p, before, after in zip(params, grads, run.method.on_gradients(engine, grads, lr)):
+        if after is not before:
+            safe_set_full_grad(p, after)
+    engine.step()
+
+
+def load_method_state(directory: str | None, rank: int, world: int) -> dict | None:
+    """The state a method carried out of the previous task on this rank; None when it kept none."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    path = Path(directory) / f"rank-{rank}.pt"
+    written_by = len(list(Path(directory).glob("rank-*.pt")))
+    if written_by != world or not path.is_file():
+        raise CheckpointError(f"{directory}: the method's state was written by {written_by} workers; continue with "
+                         f"train.workers={written_by} (replay buffers and importances are kept per rank)")
+    return torch.load(path, weights_only=True)
 
 
 def _next_batch(run: _Run, epoch: int, batch_in_epoch: int) -> tuple[int, int]:
@@ -264,6 +355,12 @@ def _report(accelerator, report: Reporter, event: dict) -> None:
 def _save(run: _Run, job: TrainJob, result: TaskResult) -> None:
     """Consolidated fp32 weights of c_task, written by rank 0; the summary first, the weights last
     (their presence means the job is done), then the task's checkpoints are dropped."""
+    # The method's state first, every rank its own, before the weights that mean "done".
+    method_state = run.method.state_dict()
+    if job.output_state is not None and method_state:
+        with atomic_path(Path(job.output_state) / f"rank-{run.rank}.pt") as tmp:
+            torch.save(method_state, tmp)
+    run.accelerator.wait_for_everyone()
     # Under ZeRO-3 gathering the full weights is a collective: every rank takes part.
     state = run.accelerator.get_state_dict(run.model)
     if run.accelerator.is_main_process:
