@@ -192,3 +192,21 @@ def test_a_killed_preparation_never_looks_finished_and_a_rerun_completes_it(tmp_
     manifest = prepare(study(data={"shards": str(out)}).data, log=lambda line: None)
     assert len(manifest.tasks) == 5 and verify(manifest) == []
     assert list(tmp_path.glob(".digits.partial-*")) == []  # the dead process's leftovers are cleaned up
+
+
+def test_a_stream_over_several_tasks_deals_out_the_samples_of_all_of_them(digits_shards):
+    # The joint reference trains task 2 on tasks 1 and 2 together.
+    from crdist.methods.base import method_class
+
+    manifest = Manifest.load(digits_shards)
+    assert method_class("joint").tasks_to_stream(3) == (1, 2, 3) and method_class("sgd").tasks_to_stream(3) == (3,)
+    decode = ImageDecoder(1, manifest.image.mean, manifest.image.std)
+    labels = []
+    for rank in (0, 1):
+        stream = RankStream(manifest, StreamSpec(2, "train", rank, 2, 1, 0, 64, 0, also=(1,)), decode)
+        labels += [int(y) for _, batch in stream.batches(0) for y in batch]
+    expected = manifest.task(1).splits["train"].per_class | manifest.task(2).splits["train"].per_class
+    shards = manifest.task(1).splits["train"].shards + manifest.task(2).splits["train"].shards
+    # Each rank runs as many steps as the poorest one can fill: at most a shard's worth is left out.
+    assert len(labels) == 2 * stream.steps_in_epoch(0) > sum(expected.values()) - max(s.count for s in shards)
+    assert all(labels.count(int(c)) <= n for c, n in expected.items()) and set(labels) == {int(c) for c in expected}

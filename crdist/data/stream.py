@@ -42,6 +42,9 @@ class StreamSpec:
     loader_workers: int
     shuffle_buffer: int
     seed: int
+    # Earlier tasks whose shards join this task's (the joint reference trains on tasks 1..i);
+    # the order and the shuffle stay seeded by ``task``.
+    also: tuple[int, ...] = ()
 
 
 def epoch_order(shards: list[ShardRecord], seed: int, task: int, epoch: int) -> list[ShardRecord]:
@@ -71,7 +74,7 @@ class RankStream:
         self.spec = spec
         self.decode = decode
         self.url_template = url_template
-        self.shards = manifest.split(spec.task, spec.split).shards
+        self.shards = [s for t in (*spec.also, spec.task) for s in manifest.split(t, spec.split).shards]
         if len(self.shards) < spec.world:
             raise StreamError(
                 f"task {spec.task} {spec.split} split has {len(self.shards)} shard(s) for {spec.world} ranks; "

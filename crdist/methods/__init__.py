@@ -8,4 +8,4 @@ from crdist.registry import Registry
 
 METHODS: Registry = Registry("method")
 
-from crdist.methods import agem, der, er, ewc, frozen, lpft, lump, sgd, si  # noqa: E402,F401  (register themselves)
+from crdist.methods import agem, der, er, ewc, frozen, joint, lpft, lump, sgd, si  # noqa: E402,F401  (register themselves)

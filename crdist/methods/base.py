@@ -64,6 +64,7 @@ class MethodContext:
     # This rank's (inputs, labels) batches of the task's train split in one epoch (the same
     # order training used), for a method that reads the task's data at task end.
     batches: Callable[[int], Iterator] | None = None
+    classes_so_far: tuple[int, ...] = ()  # the classes of tasks 1..task
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of ``tensor`` over ranks (a collective: every rank must call it)."""
@@ -90,6 +91,11 @@ class Method:
             mask = torch.ones(context.num_classes, dtype=torch.bool)
             mask[context.task.classes] = False
             self._mask = mask  # True where a logit belongs to another task
+
+    @classmethod
+    def tasks_to_stream(cls, task: int) -> tuple[int, ...]:
+        """The tasks whose train splits the job of ``task`` trains on: that task alone, by default."""
+        return (task,)
 
     # -- hooks -----------------------------------------------------------------------------------
 
@@ -156,7 +162,11 @@ def trainable(model) -> list[tuple[str, torch.Tensor]]:
     return [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
 
 
-def build_method(name: str, context: MethodContext, config=None) -> Method:
+def method_class(name: str) -> type[Method]:
     from crdist.methods import METHODS
 
-    return METHODS.get(name)(context, config)
+    return METHODS.get(name)
+
+
+def build_method(name: str, context: MethodContext, config=None) -> Method:
+    return method_class(name)(context, config)

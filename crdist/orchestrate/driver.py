@@ -144,13 +144,16 @@ def _describe_stream(manifest: Manifest) -> str:
     )
 
 
-def _steps_per_task(study, manifest: Manifest) -> dict[int, int]:
-    """Steps each task's job will run, computed as every worker will; fails before any job starts
-    when a task cannot give every worker at least one batch."""
+def _steps_per_task(study, manifest: Manifest) -> dict[tuple[str, int], int]:
+    """Steps each (method, task) job will stream, computed as every worker will; fails before any
+    job starts when a task cannot give every worker at least one batch."""
+    from crdist.methods.base import method_class
+
     train = study.train
     steps = {}
-    for task in manifest.tasks:
-        spec = StreamSpec(task.index, "train", 0, train.workers, train.batch_size, 0, 1, study.seed)
+    for method, task in [(m, t) for m in train.methods for t in manifest.tasks]:
+        also = tuple(t for t in method_class(method).tasks_to_stream(task.index) if t != task.index)
+        spec = StreamSpec(task.index, "train", 0, train.workers, train.batch_size, 0, 1, study.seed, also)
         stream = RankStream(manifest, spec)  # checks that every worker gets shards
         per_epoch = [stream.steps_in_epoch(e) for e in range(train.epochs)]
         if min(per_epoch) == 0:
@@ -158,11 +161,11 @@ def _steps_per_task(study, manifest: Manifest) -> dict[int, int]:
                 f"task {task.index}: with {train.workers} workers × batch {train.batch_size}, some worker holds "
                 f"less than one batch in an epoch; lower train.batch_size or train.workers"
             )
-        steps[task.index] = min(sum(per_epoch), train.max_steps or sum(per_epoch))
+        steps[(method, task.index)] = min(sum(per_epoch), train.max_steps or sum(per_epoch))
     return steps
 
 
-def _describe_steps(steps: dict[int, int]) -> str:
+def _describe_steps(steps: dict) -> str:
     low, high = min(steps.values()), max(steps.values())
     return f"{low} steps" if low == high else f"{low}–{high} steps"
 

@@ -20,7 +20,7 @@ from crdist.atomic import atomic_path, write_json, write_text
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder, to_device
 from crdist.data.stream import RankStream, StreamSpec
-from crdist.methods.base import Method, MethodContext, Phase, build_method, trainable
+from crdist.methods.base import Method, MethodContext, Phase, build_method, method_class, trainable
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
 from crdist.seeding import derive_seed
@@ -162,6 +162,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         loader_workers=train.loader_workers,
         shuffle_buffer=train.shuffle_buffer,
         seed=job.seed,
+        also=tuple(t for t in method_class(job.method).tasks_to_stream(job.task) if t != job.task),
     )
     stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
     context = MethodContext(
@@ -169,6 +170,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         modality=manifest.modality, head=job.model.head, lr=train.lr, seed=job.seed, rank=rank, world=world,
         zero_stage=train.zero_stage, device=accelerator.device,
         batches=lambda epoch: _on_device(stream.batches(epoch), accelerator.device),
+        classes_so_far=tuple(c for t in manifest.tasks if t.index <= job.task for c in t.classes),
     )
     method = build_method(job.method, context, job.method_config)
     steps_per_epoch = [stream.steps_in_epoch(e) for e in range(train.epochs)]
