@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
-from crdist.train.checkpoint import COMPLETE, LATEST, TaskCheckpoints
+from crdist.train.checkpoint import COMPLETE, LATEST, CheckpointError, TaskCheckpoints
 from crdist.train.worker import TrainJob, train_task
 from tests.conftest import study
 from tests.test_training import free_port
@@ -115,3 +115,37 @@ def test_the_policy_saves_by_step_count_and_by_time_but_not_at_the_last_step():
     assert by_time.decide(2, 20, accelerator) == (True, False)
     by_time.saved()
     assert by_time.decide(3, 20, accelerator) == (False, False)
+
+
+def test_the_job_lock_goes_with_its_holder_not_with_the_processes_it_forked(tmp_path):
+    # A worker forks loader processes while it holds the lock; one of them can outlive the worker
+    # (a node lost mid-epoch). The restarted worker group must still get the lock.
+    import subprocess
+    import sys
+
+    from crdist.train.checkpoint import JobLock
+
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+from pathlib import Path
+from crdist.train.checkpoint import JobLock
+lock = JobLock(Path({str(tmp_path / 'task-1')!r}))
+lock.acquire()
+if os.fork() == 0:
+    time.sleep(60)  # the forked child lives on
+    os._exit(0)
+print("locked", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointError, match="still locked"):
+            JobLock(tmp_path / "task-1", timeout=0.5).acquire()  # its holder is alive
+        holder.kill()
+        holder.wait()
+        lock = JobLock(tmp_path / "task-1", timeout=5)
+        lock.acquire()  # the holder is gone; its forked child does not keep the lock
+        lock.release()
+    finally:
+        holder.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path / "task-1")])

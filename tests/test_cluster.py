@@ -5,6 +5,8 @@ whole process group leaves nothing running once the run is done again."""
 import os
 import re
 import signal
+import time
+from signal import SIGKILL
 import socket
 import subprocess
 import sys
@@ -33,6 +35,13 @@ def finish(process, timeout=600) -> int:
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def free_port() -> int:
@@ -101,17 +110,20 @@ def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is
     try:
         for p in outside:
             p.suspend()
-        os.killpg(first.pid, signal.SIGKILL)
+        os.killpg(first.pid, SIGKILL)
         first.wait()
-        assert all(p.is_running() for p in outside)  # left behind by the kill
+        time.sleep(3)
+        # Ray ends some of them itself (a raylet's death takes its direct workers along); what it
+        # does not end (loader processes a worker forked, …) stays, stopped, as in the wild.
+        # (So far at least one has always been left; the rerun must end whatever was.)
+        left = [p for p in outside if alive(p)]
 
         assert finish(start(tmp_path, "killed")) == 0, (tmp_path / "killed.log").read_text()[-3000:]
-        survivors = [p for p in outside if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert survivors == []
-        # (It may also have ended processes started after the snapshot above.)
-        ended = re.search(r"ended (\d+) process\(es\) that an earlier, killed driver of this run left running",
-                          (tmp_path / "killed.log").read_text())
-        assert ended and int(ended.group(1)) >= len(outside)
+        assert [p for p in outside if alive(p)] == []
+        if left:
+            ended = re.search(r"ended (\d+) process\(es\) that an earlier, killed driver of this run left running",
+                              (tmp_path / "killed.log").read_text())
+            assert ended and int(ended.group(1)) >= len(left)
         assert (tmp_path / "runs" / "killed" / "report" / "metrics.json").is_file()
     finally:
         for p in outside:

@@ -13,7 +13,8 @@ SHORT = ["data.tasks=2", "train.max_steps=8", "evaluate.protocols=[knn]", "check
 
 
 def test_every_method_trains_two_ranks_under_zero2_and_carries_its_state(tmp_path):
-    methods = ["er", "derpp", "agem", "si", "lump", "joint"]
+    # (der, derpp and er run under ZeRO-3 below, der and ewc under ZeRO-2 in the recovery tests.)
+    methods = ["agem", "si", "lump", "joint"]
     process = start(tmp_path, "zero2", *SHORT, f"train.methods=[{','.join(methods)}]")
     assert finish(process, timeout=900) == 0, (tmp_path / "zero2.log").read_text()[-3000:]
     run = tmp_path / "runs" / "zero2"
@@ -27,7 +28,7 @@ def test_every_method_trains_two_ranks_under_zero2_and_carries_its_state(tmp_pat
                        for t in (1, 2) for r in (0, 1))
 
     # Replay: each rank's reservoir saw its own 8 batches of 16 per task, and task 2 added to it.
-    for method in ("er", "derpp", "lump"):
+    for method in ("lump",):
         first, second = method_state(run, method, 1, 0)["buffer"], method_state(run, method, 2, 0)["buffer"]
         assert (first["seen"], second["seen"]) == (8 * 16, 2 * 8 * 16)
         assert set(first["tasks"].tolist()) == {1} and 2 in second["tasks"].tolist()

@@ -16,6 +16,7 @@ checkpoints from a run directory you trust.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
@@ -173,8 +174,12 @@ class TaskCheckpoints:
 
 class JobLock:
     """Held by rank 0 of the worker group training a job, so that a restarted group never works in
-    the checkpoint directory while a dying one still does (an advisory ``flock``, released by the
-    kernel when its holder dies)."""
+    the checkpoint directory while a dying one still does.
+
+    A POSIX record lock (``lockf``), released by the kernel when its holder dies. Not ``flock``:
+    a flock belongs to the open file, which the loader processes a worker forks inherit, so one
+    such process outliving its killed worker (seen after a node loss) kept the job locked for good.
+    A record lock belongs to the process alone."""
 
     def __init__(self, directory: Path, timeout: float = 300.0):
         self.path = directory.parent / f".{directory.name}.lock"
@@ -187,9 +192,11 @@ class JobLock:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
-            except BlockingIOError:
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
                 if time.monotonic() > deadline:
                     raise CheckpointError(f"{self.path}: still locked after {self.timeout:.0f} s by another "
                                           "worker group training this job") from None
