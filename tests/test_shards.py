@@ -86,14 +86,15 @@ def numbered_stream(tmp_path, shard_counts):
     return manifest
 
 
-def ids_per_rank(manifest, world, batch_size, epoch=0, loader_workers=2):
+def ids_per_rank(manifest, world, batch_size, epoch=0, loader_workers=2, order="sharded", per_batch=False):
     ranks = []
     for rank in range(world):
         spec = StreamSpec(task=1, split="train", rank=rank, world=world, batch_size=batch_size,
-                          loader_workers=loader_workers, shuffle_buffer=20, seed=0)
+                          loader_workers=loader_workers, shuffle_buffer=20, seed=0, order=order)
         batches = list(RankStream(manifest, spec, DECODE).batches(epoch))
         assert all(len(y) == batch_size for _, y in batches)
-        ranks.append([round(v) for x, _ in batches for v in (x[:, 0, 0, 0] * 255).tolist()])
+        ids = [[round(v) for v in (x[:, 0, 0, 0] * 255).tolist()] for x, _ in batches]
+        ranks.append(ids if per_batch else sum(ids, []))
     return ranks
 
 
@@ -104,6 +105,17 @@ def test_two_ranks_two_loader_workers_see_every_sample_once_in_equal_batches(tmp
     assert sorted(ranks[0] + ranks[1]) == list(range(96))  # nothing lost, nothing duplicated
     assert ids_per_rank(manifest, world=2, batch_size=8) == ranks  # deterministic
     assert ids_per_rank(manifest, world=2, batch_size=8, epoch=1) != ranks  # reshuffled per epoch
+
+
+def test_the_global_order_gives_each_rank_its_slice_of_the_one_rank_batches(tmp_path):
+    manifest = numbered_stream(tmp_path, [12] * 6 + [5])  # 77 samples: 4 global batches of 16
+    [one] = ids_per_rank(manifest, world=1, batch_size=16, order="global", per_batch=True)
+    first, second = ids_per_rank(manifest, world=2, batch_size=8, order="global", per_batch=True)
+    assert len(one) == len(first) == len(second) == 77 // 16
+    assert [a + b for a, b in zip(first, second)] == one  # rank 0 the first half of each, rank 1 the second
+    assert len(set(sum(one, []))) == 64  # no sample twice
+    sharded = ids_per_rank(manifest, world=2, batch_size=8, per_batch=True)
+    assert [a + b for a, b in zip(*sharded)] != one  # the sharded order depends on the world size
 
 
 def test_uneven_shards_still_give_every_rank_the_same_number_of_batches(tmp_path):

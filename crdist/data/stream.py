@@ -3,10 +3,20 @@
 Sharding happens here, inside the WebDataset pipeline (shards split by rank, then by loader
 worker), never through ``accelerator.prepare``, which would shard a second time.
 
-Each epoch the shard list is permuted by (seed, task, epoch); rank r takes every world-th shard,
-and its loader workers split those again. Every rank can compute from the manifest alone how many
-samples every other rank holds, so all ranks stop after the same number of batches
-(``RankStream.steps_in_epoch``) and no collective waits on a rank that ran dry.
+Two orders (``train.data_order``):
+
+- ``sharded`` (the default): each epoch the shard list is permuted by (seed, task, epoch); rank r
+  takes every world-th shard, and its loader workers split those again. Every rank can compute
+  from the manifest alone how many samples every other rank holds, so all ranks stop after the
+  same number of batches (``RankStream.steps_in_epoch``) and no collective waits on a rank that
+  ran dry. Each rank reads only its shards, but what a step sees depends on the worker count.
+- ``global``: every rank reads every shard of the epoch in the same seeded order and shuffle (so
+  all ranks see one global sequence), and keeps its slice of each global batch: rank r takes
+  samples [r·b, (r+1)·b) of every world·b. With the same global batch, 1 rank and N ranks then
+  train on the same samples at every step, so a run's result does not depend on how many workers
+  it had (up to the order of floating-point sums). The price: every rank reads and decodes the
+  whole split, N times the I/O of ``sharded``. Meant for small data and for checking a method's
+  equivalence across world sizes.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ class StreamSpec:
     # Earlier tasks whose shards join this task's (the joint reference trains on tasks 1..i);
     # the order and the shuffle stay seeded by ``task``.
     also: tuple[int, ...] = ()
+    order: str = "sharded"  # or "global" (see the module's docstring)
 
 
 def epoch_order(shards: list[ShardRecord], seed: int, task: int, epoch: int) -> list[ShardRecord]:
@@ -58,6 +69,8 @@ def rank_shards(order: list[ShardRecord], rank: int, world: int) -> list[ShardRe
 
 
 def _full_batches_of_poorest_rank(shards: list[ShardRecord], spec: StreamSpec, epoch: int) -> int:
+    if spec.order == "global":
+        return sum(s.count for s in shards) // (spec.batch_size * spec.world)
     order = epoch_order(shards, spec.seed, spec.task, epoch)
     return min(sum(s.count for s in rank_shards(order, r, spec.world)) // spec.batch_size for r in range(spec.world))
 
@@ -75,7 +88,9 @@ class RankStream:
         self.decode = decode
         self.url_template = url_template
         self.shards = [s for t in (*spec.also, spec.task) for s in manifest.split(t, spec.split).shards]
-        if len(self.shards) < spec.world:
+        if spec.order not in ("sharded", "global"):
+            raise StreamError(f"unknown data order {spec.order!r}; expected 'sharded' or 'global'")
+        if spec.order == "sharded" and len(self.shards) < spec.world:
             raise StreamError(
                 f"task {spec.task} {spec.split} split has {len(self.shards)} shard(s) for {spec.world} ranks; "
                 f"prepare it with a smaller data.shard_size so that every rank gets at least one shard"
@@ -95,16 +110,21 @@ class RankStream:
                 "lower train.batch_size or use fewer workers"
             )
         order = epoch_order(self.shards, spec.seed, spec.task, epoch)
-        urls = [self.manifest.url(s, self.url_template) for s in rank_shards(order, spec.rank, spec.world)]
+        ranked = spec.order == "sharded"
+        shards = rank_shards(order, spec.rank, spec.world) if ranked else order
+        urls = [self.manifest.url(s, self.url_template) for s in shards]
+        # The global order shuffles with one seed on every rank and batches the global batch, so
+        # every rank's loader yields the same sequence; the sharded order seeds per rank.
+        shuffle_seed = f"samples/{spec.seed}/{spec.task}/{epoch}" + (f"/{spec.rank}" if ranked else "")
+        loader_batch = spec.batch_size if ranked else spec.batch_size * spec.world
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=_name_the_shard),
             # The same seed in every loader worker is fine: each shuffles different shards.
-            wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(
-                f"samples/{spec.seed}/{spec.task}/{epoch}/{spec.rank}")),
+            wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(shuffle_seed)),
             wds.map(self.decode),
-            wds.batched(spec.batch_size, collation_fn=collate, partial=True),
+            wds.batched(loader_batch, collation_fn=collate, partial=True),
         )
         loader = torch.utils.data.DataLoader(
             pipeline,
@@ -116,8 +136,12 @@ class RankStream:
             # Its own generator: iterating must not draw from the global RNG that checkpoints save.
             generator=torch.Generator().manual_seed(0),
         )
-        return _exactly(islice(rebatch(loader, spec.batch_size), steps), steps, f"rank {spec.rank}, task "
-                        f"{spec.task} {spec.split}, epoch {epoch}")
+        batches = rebatch(loader, loader_batch)
+        if not ranked:
+            mine = slice(spec.rank * spec.batch_size, (spec.rank + 1) * spec.batch_size)
+            batches = ((take(x, mine), y[mine]) for x, y in batches)
+        return _exactly(islice(batches, steps), steps, f"rank {spec.rank}, task {spec.task} {spec.split}, "
+                        f"epoch {epoch}")
 
 
 def _exactly(batches: Iterator, steps: int, where: str) -> Iterator:

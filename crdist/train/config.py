@@ -26,6 +26,10 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     loader_workers: int = 2  # WebDataset loader processes per worker
     shuffle_buffer: int = 256
+    # Which samples a worker trains on (crdist/data/stream.py): "sharded" = each worker streams its own
+    # shards; "global" = every worker reads the whole split in one seeded order and takes its slice
+    # of each global batch, so the result does not depend on the worker count (N× the reading).
+    data_order: Literal["sharded", "global"] = "sharded"
     log_every: int = 10  # steps between progress reports
     # Worker-group restarts Ray Train allows per task (each resumes from the latest checkpoint).
     max_failures: int = 3

@@ -163,6 +163,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         shuffle_buffer=train.shuffle_buffer,
         seed=job.seed,
         also=tuple(t for t in method_class(job.method).tasks_to_stream(job.task) if t != job.task),
+        order=train.data_order,
     )
     stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
     context = MethodContext(
