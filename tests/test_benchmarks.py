@@ -149,6 +149,18 @@ def test_the_real_fashion_mnist_from_debian(tmp_path):
         assert task.splits["train"].per_class == {str(c): 6_000 for c in task.classes}
     assert manifest.image.mean[0] == pytest.approx(0.2860, abs=1e-3)  # Fashion-MNIST's known mean
 
+    # A run sized to a small machine keeps a seeded subset of each class: rows of the full splits.
+    small = prepared(tmp_path / "small", "seq-fashion-mnist", root, train_per_class=200, test_per_class=50,
+                     tasks=2)
+    for task in small.tasks:
+        assert task.splits["train"].per_class == {str(c): 200 for c in task.classes}
+        assert task.splits["test"].per_class == {str(c): 50 for c in task.classes}
+        for split in ("train", "test"):
+            assert set(samples_of(small, task.index, split)) <= set(samples_of(manifest, task.index, split))
+        rows = {split: {key.split("-", 2)[2] for key in samples_of(small, task.index, split)}
+                for split in ("train", "adapt")}  # keys are <task>-<split>-<source row>
+        assert len(rows["adapt"]) == 2 * 30 and rows["adapt"] <= rows["train"]
+
 
 def test_shards_stream_through_a_pipe_url_with_only_the_manifest_at_hand(tmp_path, digits_shards):
     # As with object storage: the shards stay where they are, the driver holds just the manifest.

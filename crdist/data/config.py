@@ -50,6 +50,10 @@ class DataConfig:
     test_fraction: float = 0.3
     # Size per class of the fixed adaptation subset (drawn from the train split, seeded).
     adapt_per_class: int = 30
+    # Keep a seeded subset of at most this many rows per class of each task's train / test split
+    # (a run sized to a small machine); null = every row.
+    train_per_class: int | None = None
+    test_per_class: int | None = None
     # Seeds the test/adaptation split, the text-5 sample and the order of samples in the shards.
     seed: int = 0
     # Samples per tar shard; null = about 1/8 of a split, at most 1000.
@@ -66,6 +70,9 @@ class DataConfig:
         params = asdict(self)
         for key in ("shards", "root", "stream_url"):
             params.pop(key)
+        for key in ("train_per_class", "test_per_class"):  # added later: unset, they leave earlier hashes alone
+            if params[key] is None:
+                params.pop(key)
         return params
 
     def shards_dir(self) -> Path:
@@ -85,6 +92,12 @@ class DataConfig:
             require(len(set(self.class_order)) == len(self.class_order), "class_order", "lists a class more than once")
         require(0.0 < self.test_fraction < 1.0, "test_fraction", f"must be in (0, 1) (got {self.test_fraction})")
         require(self.adapt_per_class >= 2, "adapt_per_class", f"must be at least 2 (got {self.adapt_per_class})")
+        for key in ("train_per_class", "test_per_class"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, f"must be at least 1 or null (got {value})")
+        require(self.train_per_class is None or self.train_per_class >= self.adapt_per_class, "train_per_class",
+                f"must be at least adapt_per_class={self.adapt_per_class}, which is drawn from it "
+                f"(got {self.train_per_class})")
         require(self.shard_size is None or self.shard_size >= 1, "shard_size",
                 f"must be at least 1 (got {self.shard_size})")
         require(self.image_size is None or self.image_size >= 1, "image_size",

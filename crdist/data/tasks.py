@@ -12,6 +12,10 @@ class a seeded ``test_fraction`` of its rows. The adaptation subset is a seeded
 as a seeded order of each class's train rows, cut at ``adapt_per_class`` only once the shards are
 written: a train sample skipped as unreadable (``--skip-corrupt``) is passed over, and the next one
 in the order takes its place.
+
+``train_per_class`` / ``test_per_class`` (optional) keep a seeded subset of each class's train and
+test rows, for runs sized to a small machine; the adaptation subset is then drawn from the kept
+train rows. The subsets draw from their own generator, so without them nothing changes.
 """
 
 from __future__ import annotations
@@ -64,8 +68,17 @@ def task_classes_in_order(
     return [order[t * classes_per_task : (t + 1) * classes_per_task] for t in range(tasks)]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Rows kept per class of each split; None = all."""
+
+    train: int | None = None
+    test: int | None = None
+
+
 def class_incremental(
-    source: Source, *, task_classes: list[list[int]], test_fraction: float, adapt_per_class: int, seed: int
+    source: Source, *, task_classes: list[list[int]], test_fraction: float, adapt_per_class: int, seed: int,
+    limits: Limits = Limits(),
 ) -> list[TaskSplit]:
     labels = np.array([s.label for s in source.samples])
     present = set(int(c) for c in np.unique(labels))
@@ -74,22 +87,24 @@ def class_incremental(
         raise TaskError(f"classes {missing} have no samples in the source")
     rows = np.arange(len(labels))
     split = _split_column(source)
-    rng = np.random.default_rng(seed)
+    rng, subset_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     stream = []
     for t, classes in enumerate(task_classes):
-        per_class = [_class_rows(rows[labels == c], split[labels == c], c, test_fraction, adapt_per_class, rng)
+        per_class = [_class_rows(rows[labels == c], split[labels == c], c, test_fraction, adapt_per_class, rng,
+                                 limits=limits, subset_rng=subset_rng)
                      for c in classes]
         stream.append(_task(t + 1, f"task-{t + 1}", list(classes), per_class, adapt_per_class, strict=True))
     return stream
 
 
 def domain_incremental(
-    source: Source, *, domains: list[str], test_fraction: float, adapt_per_class: int, seed: int
+    source: Source, *, domains: list[str], test_fraction: float, adapt_per_class: int, seed: int,
+    limits: Limits = Limits(),
 ) -> list[TaskSplit]:
     labels = np.array([s.label for s in source.samples])
     domain = np.array([s.domain for s in source.samples])
     split = _split_column(source)
-    rng = np.random.default_rng(seed)
+    rng, subset_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     stream = []
     for t, name in enumerate(domains):
         in_domain = domain == name
@@ -101,7 +116,7 @@ def domain_incremental(
         for c in classes:
             mask = in_domain & (labels == c)
             per_class.append(_class_rows(np.flatnonzero(mask), split[mask], c, test_fraction, adapt_per_class, rng,
-                                         strict=False))
+                                         strict=False, limits=limits, subset_rng=subset_rng))
         stream.append(_task(t + 1, name, classes, per_class, adapt_per_class, strict=False))
     return stream
 
@@ -113,7 +128,8 @@ def _split_column(source: Source) -> np.ndarray:
     return split
 
 
-def _class_rows(rows, split, label, test_fraction, adapt_per_class, rng, strict=True) -> dict[str, np.ndarray]:
+def _class_rows(rows, split, label, test_fraction, adapt_per_class, rng, strict=True, limits: Limits = Limits(),
+                subset_rng=None) -> dict[str, np.ndarray]:
     if (split == "carve").all():
         rows = rng.permutation(rows)
         n_test = int(round(test_fraction * len(rows)))
@@ -124,6 +140,10 @@ def _class_rows(rows, split, label, test_fraction, adapt_per_class, rng, strict=
         train, test = rows[split == "train"], rows[split == "test"]
         if strict and (len(train) == 0 or len(test) == 0):
             raise TaskError(f"class {label} has {len(train)} train and {len(test)} test samples; it needs both")
+    if limits.train is not None and len(train) > limits.train:
+        train = subset_rng.permutation(train)[: limits.train]
+    if limits.test is not None and len(test) > limits.test:
+        test = subset_rng.permutation(test)[: limits.test]
     if strict and len(train) < adapt_per_class:
         raise TaskError(f"class {label} has {len(train)} train samples, fewer than adapt_per_class={adapt_per_class}")
     return {"train": np.sort(train), "test": np.sort(test), "adapt_order": rng.permutation(train)}

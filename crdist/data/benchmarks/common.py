@@ -6,7 +6,7 @@ from pathlib import Path
 
 from crdist.data.config import DataConfig
 from crdist.data.sources.base import Source, SourceError
-from crdist.data.tasks import TaskSplit, class_incremental, domain_incremental, task_classes_in_order
+from crdist.data.tasks import Limits, TaskSplit, class_incremental, domain_incremental, task_classes_in_order
 
 
 def root(cfg: DataConfig, what: str) -> Path:
@@ -29,7 +29,11 @@ def class_stream(cfg: DataConfig, source: Source, default_classes_per_task: int)
         groups = task_classes_in_order(len(source.class_names), cfg.tasks,
                                        cfg.classes_per_task or default_classes_per_task, cfg.class_order)
     return class_incremental(source, task_classes=groups, test_fraction=cfg.test_fraction,
-                             adapt_per_class=cfg.adapt_per_class, seed=cfg.seed)
+                             adapt_per_class=cfg.adapt_per_class, seed=cfg.seed, limits=_limits(cfg))
+
+
+def _limits(cfg: DataConfig) -> Limits:
+    return Limits(train=cfg.train_per_class, test=cfg.test_per_class)
 
 
 def domain_stream(cfg: DataConfig, source: Source, domains: list[str]) -> list[TaskSplit]:
@@ -39,4 +43,4 @@ def domain_stream(cfg: DataConfig, source: Source, domains: list[str]) -> list[T
         raise SourceError(f"data.tasks={cfg.tasks}, but {cfg.benchmark} has {len(domains)} tasks "
                           f"({', '.join(domains)})")
     return domain_incremental(source, domains=domains[: cfg.tasks], test_fraction=cfg.test_fraction,
-                              adapt_per_class=cfg.adapt_per_class, seed=cfg.seed)
+                              adapt_per_class=cfg.adapt_per_class, seed=cfg.seed, limits=_limits(cfg))
