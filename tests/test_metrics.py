@@ -7,6 +7,7 @@ from crdist.evaluate.metrics import (
     average_forgetting,
     backward_transfer,
     forward_transfer,
+    lump_forgetting,
     summarize,
 )
 
@@ -28,6 +29,16 @@ def test_average_accuracy_is_the_mean_of_the_last_row():
 def test_forgetting_uses_the_best_earlier_accuracy_not_the_diagonal():
     # task 1: max(0.90, 0.95) - 0.60 = 0.35 ; task 2: max(0.80) - 0.70 = 0.10 ; mean 0.225
     assert average_forgetting(A) == pytest.approx(0.225)
+
+
+def test_lump_forgetting_takes_the_max_over_every_row_after_a_task_and_divides_by_all_tasks():
+    # Rows c_1..c_3 only. task 1: 0.95 - 0.60 = 0.35 ; task 2: 0.80 - 0.70 = 0.10 ;
+    # task 3: 0.90 - 0.90 = 0 ; sum 0.45 / 3 tasks = 0.15
+    assert lump_forgetting(A) == pytest.approx(0.15)
+    # Never negative per task, and c_0 does not count: an initial model better than every later
+    # row forgets nothing by this measure.
+    b = [[0.99, 0.99, 0.99], [0.8, 0.6, 0.5], [0.85, 0.9, 0.7], [0.9, 0.9, 0.95]]
+    assert lump_forgetting(b) == pytest.approx(0.0)
 
 
 def test_backward_transfer_compares_final_with_just_learned():
@@ -53,6 +64,7 @@ def test_a_single_task_has_no_transfer_or_forgetting():
     assert summarize([[0.5], [0.8]]) == {
         "average_accuracy": 0.8,
         "average_forgetting": None,
+        "lump_forgetting": None,
         "backward_transfer": None,
         "forward_transfer": None,
     }

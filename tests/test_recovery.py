@@ -18,9 +18,12 @@ from crdist.models.weights import load_weights
 from tests.conftest import ROOT
 
 # Long enough tasks (140 steps) that every failure below lands mid-task; checkpoints every 10 steps.
+# With the paper's augmentation and SGD with momentum, so that exact resume covers the per-sample
+# augmentation seeds and the momentum buffers too.
 STUDY = [
     "data.tasks=2", "train.methods=[lpft]", "train.epochs=20", "train.log_every=1",
-    "checkpoint.every_steps=10", "evaluate.finetune.steps=5",
+    "checkpoint.every_steps=10", "evaluate.finetune.steps=5", "data.augment=paper", "train.optimizer=sgd",
+    "train.lr=0.01",
 ]
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -55,8 +56,12 @@ def test_zero2_through_accelerate_trains_two_processes_and_the_loss_goes_down(tm
     assert not torch.equal(before["backbone.0.weight"], after["backbone.0.weight"])
 
 
-def test_lpft_probe_trains_the_head_and_leaves_the_backbone_bit_identical(tmp_path, digits_shards, deepspeed_cpu_op):
-    events, job = train_on_two_ranks(tmp_path, digits_shards, "lpft", zero_stage=2, epochs=1)
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_lpft_probe_trains_the_head_and_leaves_the_backbone_bit_identical(tmp_path, digits_shards, deepspeed_cpu_op,
+                                                                          optimizer):
+    # SGD as the paper's code runs it: momentum and weight decay, both scaled away by lr 0.
+    events, job = train_on_two_ranks(tmp_path, digits_shards, "lpft", zero_stage=2, epochs=1, optimizer=optimizer,
+                                     weight_decay=5e-4)
     assert {e["phase"] for e in events} == {"probe"}
     assert events[-1]["loss"] < events[0]["loss"]
     before, after = load_weights(job.init_weights), load_weights(job.output)

@@ -60,6 +60,9 @@ class DataConfig:
     shard_size: int | None = None
     # Resize images to this square size when decoding (needed when the source's sizes differ).
     image_size: int | None = None
+    # Training augmentation (crdist/data/augment.py): none | crop_flip | paper. Seeded per sample and
+    # epoch; evaluation never augments. Not part of the shards: changing it reuses them.
+    augment: Literal["none", "crop_flip", "paper"] = "none"
     # Skip unreadable samples (listed in the manifest) instead of stopping at the first one.
     skip_corrupt: bool = False
     fmow: FMoWOptions = field(default_factory=FMoWOptions)
@@ -68,7 +71,7 @@ class DataConfig:
     def content_params(self) -> dict:
         """Every option that determines what the shards contain (not where they are)."""
         params = asdict(self)
-        for key in ("shards", "root", "stream_url"):
+        for key in ("shards", "root", "stream_url", "augment"):
             params.pop(key)
         for key in ("train_per_class", "test_per_class"):  # added later: unset, they leave earlier hashes alone
             if params[key] is None:

@@ -55,9 +55,15 @@ class ImageDecoder:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
+        return self.normalize(self.pixels(sample)), decode_label(sample)
+
+    def pixels(self, sample: dict) -> torch.Tensor:
+        """The image as C × H × W floats in [0, 1] (what augmentation works on)."""
         pixels = decode_pixels(sample, self.channels, self.size)
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
-        return (image - self.mean) / self.std, decode_label(sample)
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image - self.mean) / self.std
 
 
 class TextDecoder:

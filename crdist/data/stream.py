@@ -31,7 +31,8 @@ import torch
 import webdataset as wds
 
 from crdist.data.manifest import Manifest, ShardRecord
-from crdist.data.samples import SampleError, collate, concat, take
+from crdist.data.augment import AugmentingDecoder
+from crdist.data.samples import ImageDecoder, SampleError, collate, concat, take
 from crdist.errors import CrdistError
 
 
@@ -56,6 +57,7 @@ class StreamSpec:
     # the order and the shuffle stay seeded by ``task``.
     also: tuple[int, ...] = ()
     order: str = "sharded"  # or "global" (see the module's docstring)
+    augment: str = "none"  # data.augment: a policy of crdist.data.augment, seeded per sample and epoch
 
 
 def epoch_order(shards: list[ShardRecord], seed: int, task: int, epoch: int) -> list[ShardRecord]:
@@ -123,7 +125,7 @@ class RankStream:
             wds.tarfile_to_samples(handler=_name_the_shard),
             # The same seed in every loader worker is fine: each shuffles different shards.
             wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(shuffle_seed)),
-            wds.map(self.decode),
+            wds.map(self._decoder(epoch)),
             wds.batched(loader_batch, collation_fn=collate, partial=True),
         )
         loader = torch.utils.data.DataLoader(
@@ -142,6 +144,15 @@ class RankStream:
             batches = ((take(x, mine), y[mine]) for x, y in batches)
         return _exactly(islice(batches, steps), steps, f"rank {spec.rank}, task {spec.task} {spec.split}, "
                         f"epoch {epoch}")
+
+
+    def _decoder(self, epoch: int):
+        if self.spec.augment == "none":
+            return self.decode
+        if not isinstance(self.decode, ImageDecoder):
+            raise StreamError(f"data.augment={self.spec.augment} applies to images; this stream holds "
+                              f"{self.manifest.modality}")
+        return AugmentingDecoder(self.decode, self.spec.augment, self.spec.seed, self.spec.task, epoch)
 
 
 def _exactly(batches: Iterator, steps: int, where: str) -> Iterator:
@@ -174,16 +185,36 @@ def rebatch(batches, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 def read_split(manifest: Manifest, task: int, split: str, decode, url_template: str | None = None):
     """A whole (small) split in shard order, decoded, in this process: for evaluation."""
+    return collate([sample for batch in _split_samples(manifest, task, split, decode, url_template)
+                    for sample in batch])
+
+
+def stream_split(manifest: Manifest, task: int, split: str, decode, url_template: str | None = None,
+                 batch_size: int = 256) -> Iterator[tuple[object, torch.Tensor]]:
+    """A split in shard order as batches of (inputs, labels), in this process; only one batch of
+    decoded inputs is held at a time."""
+    for batch in _split_samples(manifest, task, split, decode, url_template, batch_size):
+        yield collate(batch)
+
+
+def _split_samples(manifest: Manifest, task: int, split: str, decode, url_template: str | None,
+                   batch_size: int | None = None) -> Iterator[list]:
     urls = [manifest.url(s, url_template) for s in manifest.split(task, split).shards]
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_name_the_shard), wds.map(decode)
     )
-    samples = list(pipeline)
     expected = manifest.split(task, split).count
-    if len(samples) != expected:
-        raise StreamError(f"task {task} {split}: read {len(samples)} samples, the manifest lists {expected}")
-    inputs, labels = collate(samples)
-    return inputs, labels
+    read, batch = 0, []
+    for sample in pipeline:
+        batch.append(sample)
+        read += 1
+        if batch_size is not None and len(batch) == batch_size:
+            yield batch
+            batch = []
+    if read != expected:
+        raise StreamError(f"task {task} {split}: read {read} samples, the manifest lists {expected}")
+    if batch:
+        yield batch
 
 
 def _name_the_shard(exn: Exception) -> bool:

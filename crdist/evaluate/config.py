@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from crdist.config import require
 from crdist.evaluate.protocols.finetune import FinetuneConfig
@@ -11,6 +12,10 @@ from crdist.evaluate.protocols.linear import LinearConfig
 @dataclass(frozen=True)
 class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["knn", "linear", "finetune"])
+    # What kNN's bank and the linear probe are fitted on: "subset" = the fixed adaptation subset
+    # (data.adapt_per_class per class); "train" = the task's whole train split, streamed in batches
+    # (the paper's code, for both). Fine-tuning adaptation always uses the subset.
+    adapt: Literal["subset", "train"] = "subset"
     cpus: float = 1.0  # Ray CPUs per evaluation task
     # Evaluations running at once. null = as many as fit beside one train job, so evaluations
     # never hold the CPUs that the next task's training is waiting for.

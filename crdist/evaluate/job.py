@@ -14,7 +14,7 @@ import torch
 from crdist.atomic import write_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder
-from crdist.data.stream import read_split
+from crdist.data.stream import read_split, stream_split
 from crdist.evaluate.config import EvalConfig
 from crdist.evaluate.context import EvalContext
 from crdist.evaluate.protocols import PROTOCOLS
@@ -67,6 +67,7 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         num_classes=len(classes),
         seed=_eval_seed(job.seed, job.row, job.task),
         config=job.evaluate,
+        bank=_train_split(manifest, job, decode, classes) if job.evaluate.adapt == "train" else None,
     )
     accuracy = {name: PROTOCOLS.get(name)(context) for name in job.evaluate.protocols}
     result = {
@@ -75,11 +76,21 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         "task": job.task,
         "accuracy": accuracy,
         "adapt_samples": len(adapt_labels),
+        "bank_samples": len(context.bank_labels) if context.has_features() else None,
         "test_samples": len(test_labels),
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json(Path(job.output), result)
     return result
+
+
+def _train_split(manifest: Manifest, job: EvalJob, decode, classes: list[int]):
+    """The task's whole train split, streamed, for kNN's bank and the linear probe."""
+    def batches():
+        for inputs, labels in stream_split(manifest, job.task, "train", decode, job.stream_url):
+            yield inputs, _task_local(labels, classes)
+
+    return batches
 
 
 def _eval_seed(seed: int, row: int, task: int) -> int:

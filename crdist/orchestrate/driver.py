@@ -129,6 +129,9 @@ def _check_modality(study, manifest: Manifest) -> None:
             raise StudyError(f"method {name} trains on {' or '.join(METHODS.get(name).modalities)} inputs only, but "
                              f"benchmark {manifest.benchmark} streams {manifest.modality}; leave {name} out of "
                              f"train.methods")
+    if study.data.augment != "none" and manifest.modality != "image":
+        raise StudyError(f"data.augment={study.data.augment} augments images, but benchmark {manifest.benchmark} "
+                         f"streams {manifest.modality}; set data.augment: none")
 
 
 def _describe_stream(manifest: Manifest) -> str:

@@ -17,6 +17,7 @@ from crdist.report.plots import heatmap
 METRICS = [
     ("average_accuracy", "avg acc ↑"),
     ("average_forgetting", "forgetting ↓"),
+    ("lump_forgetting", "LUMP forg. ↓"),
     ("backward_transfer", "BWT ↑"),
     ("forward_transfer", "FWT ↑"),
 ]
@@ -100,7 +101,8 @@ def _markdown(study, manifest, metrics, matrices, methods, protocols) -> str:
         "",
         "A[i][j] is the test accuracy on task j of checkpoint c_i adapted with task j's adaptation subset "
         "(c_0 = the initial model). Average accuracy = mean of the last row; forgetting = mean over j < T of "
-        "max_{i in j..T-1} A[i][j] − A[T][j]; BWT = mean over j < T of A[T][j] − A[j][j]; "
+        "max_{i in j..T-1} A[i][j] − A[T][j]; LUMP forgetting (the paper's LUMP code) = (1/T) Σ over all j of "
+        "max_{i in 1..T} A[i][j] − A[T][j]; BWT = mean over j < T of A[T][j] − A[j][j]; "
         "FWT = mean over j > 1 of A[j−1][j] − A[0][j].",
         "",
     ]

@@ -19,6 +19,9 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 16  # per worker
     lr: float = 0.003
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_fraction: float = 0.1  # of each phase
@@ -49,6 +52,9 @@ class TrainConfig:
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
         require(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
         require(self.lr > 0, "lr", f"must be positive (got {self.lr})")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1) (got {self.momentum})")
+        require(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov",
+                "needs optimizer: sgd with a positive momentum")
         require(self.weight_decay >= 0, "weight_decay", f"must be non-negative (got {self.weight_decay})")
         require(0 <= self.warmup_fraction < 1, "warmup_fraction", f"must be in [0, 1) (got {self.warmup_fraction})")
         require(self.grad_clip >= 0, "grad_clip", f"must be non-negative, 0 = off (got {self.grad_clip})")

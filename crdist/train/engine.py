@@ -61,13 +61,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``train.optimizer``: AdamW (crdist's default) or SGD with momentum (the paper's code: momentum
+    0.9, weight decay 5e-4). Both keep the LP-FT probe's frozen backbone bit-identical at lr 0."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
 def set_learning_rates(optimizer, backbone_lr: float, head_lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = head_lr if group.get("group") == "head" else backbone_lr
 
 
 def reset_optimizer_state(optimizer) -> None:
-    """Forget Adam's moments and step counts, as a freshly built optimizer would.
+    """Forget the optimizer's state (Adam's moments and step counts, SGD's momentum), as a freshly
+    built optimizer would.
 
     The innermost torch optimizer (inside Accelerate's and ZeRO's wrappers, over the local fp32
     partitions) recreates its state lazily on the next step, so this works for ZeRO 0–3.

@@ -27,7 +27,7 @@ from crdist.seeding import derive_seed
 from crdist.models.config import ModelConfig
 from crdist.train.checkpoint import CheckpointConfig, CheckpointError, JobLock, Position, TaskCheckpoints, agree
 from crdist.train.config import TrainConfig
-from crdist.train.engine import make_accelerator, param_groups, reset_optimizer_state, set_learning_rates
+from crdist.train.engine import make_accelerator, make_optimizer, reset_optimizer_state, set_learning_rates
 from crdist.train.policy import CheckpointPolicy, StopWatcher
 from crdist.train.schedule import lr_at
 
@@ -55,12 +55,13 @@ class TrainJob:
     log_dir: str
     init_state: str | None = None  # the method's state after task-1, per rank (a directory)
     output_state: str | None = None  # where this task's method state is written, before c_task
+    augment: str = "none"  # data.augment
 
     @classmethod
     def from_study(cls, study, method: str, **job) -> "TrainJob":
         return cls(train=study.train, model=study.model, checkpoint=study.checkpoint, seed=study.seed,
                    stream_url=study.data.stream_url, method=method, method_config=study.method_config(method),
-                   **job)
+                   augment=study.data.augment, **job)
 
     @property
     def label(self) -> str:
@@ -164,6 +165,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         seed=job.seed,
         also=tuple(t for t in method_class(job.method).tasks_to_stream(job.task) if t != job.task),
         order=train.data_order,
+        augment=job.augment,
     )
     stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
     context = MethodContext(
@@ -181,7 +183,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     _check_phase_order(job.method, phases)
     log.info("%s: %d steps over %d epoch(s), phases %s, world %d", job.label, total, len(steps_per_epoch), phases, world)
 
-    optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr)
+    optimizer = make_optimizer(model, train)
     model, optimizer = accelerator.prepare(model, optimizer)
     checkpoints = TaskCheckpoints(job.checkpoints, keep=job.checkpoint.keep)
     start = checkpoints.load(model, rank, world) or Position(step=0, epoch=0, batch_in_epoch=0)

@@ -1,4 +1,5 @@
-"""knn: cosine k-nearest neighbours on frozen features of the adaptation subset."""
+"""knn: cosine k-nearest neighbours on frozen features of the adaptation subset (or, with
+evaluate.adapt: train, of the task's whole train split; k is capped at the bank's size)."""
 
 from __future__ import annotations
 
@@ -44,5 +45,5 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
 def knn(context: EvalContext) -> float:
     adapt, test = context.features()
     cfg = context.config.knn
-    predicted = knn_predict(adapt, context.adapt_labels, test, cfg.k, context.num_classes, cfg.temperature)
+    predicted = knn_predict(adapt, context.bank_labels, test, cfg.k, context.num_classes, cfg.temperature)
     return (predicted == context.test_labels).float().mean().item()

@@ -1,6 +1,7 @@
-"""linear: a logistic-regression probe on frozen features of the adaptation subset.
+"""linear: a logistic-regression probe on frozen features of the adaptation subset (or, with
+evaluate.adapt: train, of the task's whole train split).
 
-The L2 strength is chosen by stratified cross-validation on the adaptation subset alone; the
+The L2 strength is chosen by stratified cross-validation on those samples alone; the
 test split is touched once, to score the chosen probe.
 """
 
@@ -56,7 +57,7 @@ def choose_c(features: np.ndarray, labels: np.ndarray, grid: list[float], folds:
 @PROTOCOLS.register("linear")
 def linear(context: EvalContext) -> float:
     adapt, test = (f.numpy() for f in context.features())
-    labels = context.adapt_labels.numpy()
+    labels = context.bank_labels.numpy()
     cfg = context.config.linear
     c = choose_c(adapt, labels, cfg.c_grid, cfg.folds, context.seed)
     if len(np.unique(labels)) < 2:  # one class to adapt on: it is the only possible answer
