@@ -7,7 +7,7 @@ import pytest
 
 from crdist.config import ConfigError
 from crdist.study import load_study
-from tests.conftest import ROOT
+from tests.conftest import ROOT, study
 
 
 def write(tmp_path, text):
@@ -86,3 +86,19 @@ def test_the_cli_exits_with_the_message_before_starting_anything(tmp_path):
     assert result.returncode == 2
     assert "crdist: error: --set train.bogus=1: train.bogus: unknown key in section 'train'" in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_a_run_begun_before_a_key_existed_resumes_and_a_changed_value_is_refused(tmp_path):
+    import yaml
+
+    from crdist.config import to_dict
+    from crdist.orchestrate.rundir import RunDir, RunDirError
+
+    run = RunDir(tmp_path / "run")
+    older = to_dict(study())
+    del older["train"]["optimizer"], older["data"]["augment"]  # as a version before these keys wrote it
+    run.root.mkdir()
+    run.config_file.write_text(yaml.safe_dump(older, sort_keys=False))
+    assert run.open(study()) is True  # the new keys' defaults are what the run had
+    with pytest.raises(RunDirError, match="optimizer"):
+        run.open(study(train={"optimizer": "sgd"}))

@@ -116,6 +116,10 @@ class RunDir:
         wanted = config.to_dict(study)
         if self.config_file.is_file():
             existing = yaml.safe_load(self.config_file.read_text())
+            try:  # keys added to crdist since the run began take their defaults, as the run had them
+                existing = config.to_dict(config.from_dict(type(study), existing, source=str(self.config_file)))
+            except config.ConfigError:
+                pass  # a key this version no longer knows: compare the configs as written
             before, after = _results_part(existing), _results_part(wanted)
             if before != after:
                 lines = difflib.unified_diff(before.splitlines(True), after.splitlines(True), "existing", "new")
