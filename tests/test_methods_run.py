@@ -3,11 +3,12 @@ its state carried from task 1 to task 2, and under ZeRO-3 for the methods that c
 ewc train under ZeRO-2 in the recovery tests, where their workers are killed mid-task.)"""
 
 import json
+import re
 
 import torch
 
 from crdist.models.weights import load_weights
-from tests.test_recovery import finish, method_state, start
+from tests.test_recovery import finish, journal, method_state, start
 
 SHORT = ["data.tasks=2", "train.max_steps=8", "evaluate.protocols=[knn]", "checkpoint.every_steps=4"]
 
@@ -19,6 +20,15 @@ def test_every_method_trains_two_ranks_under_zero2_and_carries_its_state(tmp_pat
     assert finish(process, timeout=900) == 0, (tmp_path / "zero2.log").read_text()[-3000:]
     run = tmp_path / "runs" / "zero2"
     assert set(json.loads((run / "report" / "metrics.json").read_text())) == set(methods)
+    # The four chains' jobs never ran more at once than the cluster's CPUs can train: the others
+    # waited in the driver instead of holding a Ray task and controller each.
+    cpus = int(re.search(r"local Ray cluster with (\d+) CPUs", (tmp_path / "zero2.log").read_text())[1])
+    running, most = set(), 0
+    for event in journal(run):
+        if event.get("job", "").startswith("train/"):
+            (running.add if event["event"] == "started" else running.discard)(event["job"])
+            most = max(most, len(running))
+    assert most == max(1, cpus // 2)
     for method in methods:
         summary = json.loads((run / "models" / method / "c_2.train.json").read_text())
         assert (summary["world"], summary["zero_stage"], summary["steps"]) == (2, 2, 8)

@@ -68,6 +68,7 @@ class Scheduler:
         self.tasks = len(manifest.tasks)
         self.pending: dict = {}  # Ray object ref → the job it will return
         self.waiting_evals: deque[tuple[_Job, EvalJob]] = deque()  # started when a slot frees up
+        self.waiting_trains: deque[tuple[_Job, TrainJob]] = deque()  # likewise
         self.evals_done = 0
         self.evals_total = eval_count(study, manifest)
         self.accuracy = defaultdict(dict)  # checkpoint label → {task: {protocol: accuracy}}
@@ -127,16 +128,13 @@ class Scheduler:
                 ray.cancel(ref, force=True)
                 del self.pending[ref]
         self.waiting_evals.clear()
+        self.waiting_trains.clear()
         self.journal.record("stop-requested", reason=reason)
         self.console.print(f"stop   {reason}: asking running train jobs to checkpoint and stop (grace {grace:.0f} s)")
 
     # -- submission ---------------------------------------------------------------------------
 
     def submit_train(self, method: str, task: int) -> None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from crdist.orchestrate.remote import fit_train_job
-
         job = _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task)
         output = self.run_dir.weights(method, task)
         if output.is_file():
@@ -159,13 +157,35 @@ class Scheduler:
             init_state=str(self.run_dir.method_state(method, task - 1).resolve()) if task > 1 else None,
             output_state=str(self.run_dir.method_state(method, task).resolve()),
         )
-        # Launched from the driver's node: a worker node lost to preemption then takes only
-        # workers with it, never the job's controller.
-        ref = fit_train_job.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
-        ).remote(train_job, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
-        self.pending[ref] = job
-        self.journal.record("started", job.key)
+        self.waiting_trains.append((job, train_job))
+        self.start_waiting_trains()
+
+    def start_waiting_trains(self) -> None:
+        """Launch as many waiting train jobs as the cluster can train at once. A job launched beyond
+        that would only wait for CPUs, yet hold a task and a Ray Train controller process (about
+        1 GB each) the whole time: a study of 11 methods ran a 24 GB machine out of memory so."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from crdist.orchestrate.remote import fit_train_job
+
+        free = self.train_slots() - sum(job.kind == "train" for job in self.pending.values())
+        for _ in range(min(free, len(self.waiting_trains))):
+            job, train_job = self.waiting_trains.popleft()
+            # Launched from the driver's node: a worker node lost to preemption then takes only
+            # workers with it, never the job's controller.
+            ref = fit_train_job.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
+            ).remote(train_job, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
+            self.pending[ref] = job
+            self.journal.record("started", job.key)
+
+    def train_slots(self) -> int:
+        """Train jobs the cluster's CPUs can run at once (at least one); asked each time, as
+        nodes may come and go."""
+        import ray
+
+        train = self.study.train
+        return max(1, math.floor(ray.cluster_resources().get("CPU", 0) / (train.workers * train.cpus_per_worker)))
 
     def submit_eval(self, method: str | None, row: int, task: int) -> None:
         checkpoint = RunDir.checkpoint_label(method, row)
@@ -254,6 +274,8 @@ class Scheduler:
             )
             self.console.record({"kind": "train_done", "job": job.label, **result})
             self.trained(job.method, job.task)
+        if job.kind == "train":
+            self.start_waiting_trains()  # its slot is free
 
     def trained(self, method: str, task: int) -> None:
         for j in range(1, self.tasks + 1):
