@@ -1,4 +1,4 @@
-"""Command line: ``crdist run | report | prepare``. Thin: parse, load config, call one function."""
+"""Command line: ``crdist run | resume | sweep | report | prepare | bench``. Thin: parse, load config, call one function."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         print("crdist: interrupted; finished jobs and checkpoints are kept in the run directory", file=sys.stderr)
         return 130
     except CrdistError as err:
-        if type(err).__name__ == "StudyStopped":
+        if type(err).__name__ in ("StudyStopped", "SweepStopped"):
             print(f"crdist: {err}", file=sys.stderr)
             return 130 if err.signal_name == "SIGINT" else 143  # as if the signal had ended the process
         print(f"crdist: error: {err}", file=sys.stderr)
@@ -92,8 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     bench_resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bench_resume.set_defaults(handler=_bench_resume)
 
-    report = commands.add_parser("report", help="rebuild the report of a run directory from its evaluations")
-    report.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/demo")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of studies (seeds, methods, backbones, any config key) and aggregate them",
+        description="Run every point of a sweep file (a base config and axes) as an ordinary named run under "
+        "runs_dir/<sweep name>/, at most `concurrent` at a time on one Ray cluster, then write the sweep's "
+        "report: per protocol, each method's metrics as mean ± std over the seeds. Rerunning the same command "
+        "keeps the finished runs and resumes the others.",
+    )
+    sweep.add_argument("sweep_file", type=Path, help="a sweep file (YAML), e.g. configs/sweeps/fashion_seeds.yaml")
+    sweep.add_argument("--address", help="run the points on this Ray cluster instead of starting one")
+    sweep.set_defaults(handler=_sweep)
+
+    report = commands.add_parser("report", help="rebuild the report of a run or sweep directory")
+    report.add_argument("run_dir", type=Path, help="a run directory (runs/demo) or a sweep's (runs/<sweep name>)")
     report.set_defaults(handler=_report)
 
     prepare = commands.add_parser(
@@ -168,10 +180,19 @@ def _bench_resume(args) -> int:
     return bench_resume(args.config, args.overrides, args.failures, args.seed, args.runs_dir)
 
 
+def _sweep(args) -> int:
+    from crdist.sweep import run_sweep
+
+    return run_sweep(args.sweep_file, address=args.address)
+
+
 def _report(args) -> int:
     from crdist.data.manifest import Manifest
     from crdist.report.write import write_report
+    from crdist.sweep import SWEEP_FILE, report_sweep
 
+    if (args.run_dir / SWEEP_FILE).is_file():
+        return report_sweep(args.run_dir)
     run, study = _load_run(args.run_dir)
     summary = write_report(run, study, Manifest.load(run.root))  # the stream's manifest, copied at start
     print(f"report written to {summary.directory}\n\n{summary.table}")

@@ -48,7 +48,7 @@ def _quiet_worker_startup_notices() -> None:
     ray_worker.print_to_stdstream = filtered
 
 
-def _quiet_token_notice(record: logging.LogRecord) -> bool:
+def quiet_token_notice(record: logging.LogRecord) -> bool:
     # Ray announces on every start that token authentication is on; it stays on (see README).
     return "Token authentication is enabled" not in record.getMessage()
 
@@ -71,7 +71,7 @@ def ray_cluster(study, address: str | None, say) -> Iterator[str]:
     address, origin = cluster_address(address, study.cluster.address)
     train, evaluate = study.train, study.evaluate
     needed = train.workers * train.cpus_per_worker
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet_token_notice)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(quiet_token_notice)
     _quiet_worker_startup_notices()
     if address:
         try:

@@ -1,0 +1,124 @@
+"""Sweeps: the aggregation's arithmetic on hand-made results, clear errors in a sweep file, and a
+real sweep of 2 seeds × 2 methods on seq-digits that is killed mid-run, resumed and reported."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from crdist.bench.faults import checkpoint_at_least, wait_for
+from crdist.config import ConfigError
+from crdist.report.aggregate import RunResult, aggregate, spread
+from crdist.sweep import load_sweep
+from tests.conftest import ROOT
+from tests.test_recovery import finish, finished_once
+
+
+def _metrics(acc, forgetting):
+    row = {"average_accuracy": acc, "average_forgetting": forgetting, "lump_forgetting": forgetting / 2,
+           "backward_transfer": -forgetting, "forward_transfer": None}
+    return {"knn": row}
+
+
+def test_the_aggregate_is_the_mean_and_sample_std_over_seeds_per_method_and_axis_value():
+    results = [
+        RunResult("a", {"seed": 0, "model.backbone": "cnn"}, {"sgd": _metrics(0.60, 0.30), "lpft": _metrics(0.70, 0.10)},
+                  {("sgd", "knn"): [0.5, 0.7], ("lpft", "knn"): [0.6, 0.8]}),
+        RunResult("b", {"seed": 1, "model.backbone": "cnn"}, {"sgd": _metrics(0.80, 0.10), "lpft": _metrics(0.70, 0.20)},
+                  {("sgd", "knn"): [0.7, 0.9], ("lpft", "knn"): [0.6, 0.8]}),
+        RunResult("c", {"seed": 2, "model.backbone": "cnn"}, {"sgd": _metrics(0.70, 0.20), "lpft": _metrics(0.70, 0.30)},
+                  {("sgd", "knn"): [0.6, 0.8], ("lpft", "knn"): [0.6, 0.8]}),
+        RunResult("d", {"seed": 0, "model.backbone": "resnet"}, {"sgd": _metrics(0.90, 0.00)},
+                  {("sgd", "knn"): [0.9, 0.9]}),
+        RunResult("e", {"seed": 1, "model.backbone": "resnet"}, error="exit 1: crdist: error: out of memory"),
+    ]
+    agg = aggregate(results, ["seed", "model.backbone"])
+    rows = {(r["method"], r["group"]["model.backbone"]): r for r in agg.rows}
+    # sgd on cnn: accuracies 0.6, 0.8, 0.7 → mean 0.7; deviations −0.1, 0.1, 0 → std √(0.02 / 2) = 0.1
+    sgd = rows[("sgd", "cnn")]
+    assert (sgd["average_accuracy"].mean, sgd["average_accuracy"].std, sgd["average_accuracy"].n) == (
+        pytest.approx(0.7), pytest.approx(0.1), 3)
+    # forgetting 0.3, 0.1, 0.2 → 0.2 ± 0.1; LUMP's is half of it here: 0.1 ± 0.05
+    assert (sgd["average_forgetting"].mean, sgd["average_forgetting"].std) == (pytest.approx(0.2), pytest.approx(0.1))
+    assert (sgd["lump_forgetting"].mean, sgd["lump_forgetting"].std) == (pytest.approx(0.1), pytest.approx(0.05))
+    # lpft: 0.7 three times → std 0; forgetting 0.1, 0.2, 0.3 → 0.2 ± 0.1
+    assert rows[("lpft", "cnn")]["average_accuracy"].std == pytest.approx(0.0)
+    assert rows[("lpft", "cnn")]["average_forgetting"].std == pytest.approx(0.1)
+    # One finished resnet run (the other failed): n = 1, no std; an undefined metric stays undefined.
+    resnet = rows[("sgd", "resnet")]
+    assert (resnet["average_accuracy"].mean, resnet["average_accuracy"].std, resnet["average_accuracy"].n) == (
+        pytest.approx(0.9), None, 1)
+    assert resnet["forward_transfer"].mean is None and resnet["forward_transfer"].text() == "n/a"
+    # The failed run is listed with its error and counted nowhere.
+    assert [(r.name, r.error) for r in agg.failed] == [("e", "exit 1: crdist: error: out of memory")]
+    # Final accuracy per task: sgd on cnn, task 1: 0.5, 0.7, 0.6 → 0.6 ± 0.1
+    task1 = agg.final_accuracy[("sgd", ("cnn",), "knn")][0]
+    assert (task1.mean, task1.std, task1.n) == (pytest.approx(0.6), pytest.approx(0.1), 3)
+    assert spread([0.5]).text() == "0.500 ± n/a (1)"
+
+
+def test_a_bad_axis_key_names_the_sweep_file_and_the_point(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"name: s\nbase: {ROOT / 'configs' / 'demo.yaml'}\naxes:\n  seed: [0, 1]\n  train.epoch: [1]\n")
+    with pytest.raises(ConfigError, match=r"sweep.yaml: point seed-0_epoch-1: .*train.epoch.*did you mean 'train.epochs'"):
+        load_sweep(sweep)
+    sweep.write_text("name: s\nbase: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="base: nowhere.yaml: no such config file"):
+        load_sweep(sweep)
+    sweep.write_text(f"name: s\nbase: {ROOT / 'configs' / 'demo.yaml'}\nconcurent: 2\n")
+    with pytest.raises(ConfigError, match="concurent: unknown key .*did you mean 'concurrent'"):
+        load_sweep(sweep)
+
+
+def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"name: digits\nbase: {ROOT / 'configs' / 'demo.yaml'}\nruns_dir: {tmp_path / 'runs'}\n"
+        f"set: [data.tasks=2, train.max_steps=40, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
+        f"data.shards={tmp_path / 'shards'}]\n"
+        "axes:\n  seed: [0, 1]\n  train.methods: [sgd, lpft]\nconcurrent: 1\n")
+    parent = tmp_path / "runs" / "digits"
+    command = [sys.executable, "-m", "crdist", "sweep", str(sweep)]
+
+    def run(log_name):
+        return subprocess.Popen(command, cwd=ROOT, stdout=open(tmp_path / log_name, "w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    first = run("first.log")
+    try:
+        # Kill the sweep's whole process group (the sweep, its cluster, its drivers) once the first
+        # run has finished and the second is mid-task.
+        wait_for(checkpoint_at_least(parent / "seed-0_methods-lpft", "lpft", 1, 10), timeout=900,
+                 what="the second run's first checkpoint", alive=first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    status = json.loads((parent / "sweep-status.json").read_text())
+    assert status["seed-0_methods-sgd"]["state"] == "finished"
+    assert status["seed-0_methods-lpft"]["state"] == "running"
+
+    second = run("second.log")
+    try:
+        assert finish(second, timeout=1200) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+    output = (tmp_path / "second.log").read_text()
+    assert "seed-0_methods-sgd: finished earlier, kept" in output
+    assert "seed-0_methods-lpft: started" in output  # resumed by name, from its checkpoint
+    interrupted = parent / "seed-0_methods-lpft"
+    jobs = finished_once(interrupted)  # no finished job of the killed run ran again
+    assert any((e.get("resumed_from") or 0) >= 10 for e in jobs.values())  # task 1 went on from its checkpoint
+    metrics = json.loads((parent / "report" / "metrics.json").read_text())
+    rows = {(r["method"], r["protocol"]): r for r in metrics["rows"]}
+    assert set(rows) == {("sgd", "knn"), ("lpft", "knn")}
+    assert all(rows[k]["average_accuracy"]["n"] == 2 for k in rows) and metrics["failed"] == []
+    assert {p.name for p in (parent / "report").glob("*.png")} == {"final_accuracy_knn.png", "forgetting_knn.png"}
+
+    # `crdist report` over the sweep directory rebuilds the same table.
+    report = subprocess.run([sys.executable, "-m", "crdist", "report", str(parent)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert report.returncode == 0 and "lpft" in report.stdout and "± " in report.stdout
