@@ -142,14 +142,16 @@ def report_sweep(parent: Path, say=print) -> int:
 
 
 def _run_points(todo: list[Point], base: Path, parent: Path, address: str, concurrent: int, status: dict,
-                say) -> None:
+                say, start=None) -> None:
+    """Run ``todo``, ``concurrent`` at a time; ``start(point)`` launches one (a ``crdist run`` process)."""
+    start = start or (lambda point: _start(point, base, parent, address))
     waiting, running = list(todo), {}
     stop = _StopRequest()
     with stop:
-        while waiting or running:
+        while running or (waiting and not stop.requested):
             while waiting and len(running) < concurrent and not stop.requested:
                 point = waiting.pop(0)
-                running[point.name] = (point, _start(point, base, parent, address), time.monotonic())
+                running[point.name] = (point, start(point), time.monotonic())
                 status[point.name] = {"state": "running"}
                 _write_status(parent, status)
                 say(f"sweep  {point.name}: started ({len(todo) - len(waiting)}/{len(todo)}), "
@@ -178,7 +180,7 @@ def _run_points(todo: list[Point], base: Path, parent: Path, address: str, concu
             time.sleep(0.5)
     if stop.requested:
         raise SweepStopped(f"stopped by {stop.signal_name}; finished runs are kept, the next `crdist sweep` "
-                           "resumes the others", )
+                           "resumes the others")
 
 
 def _start(point: Point, base: Path, parent: Path, address: str) -> subprocess.Popen:

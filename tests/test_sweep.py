@@ -122,3 +122,25 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     report = subprocess.run([sys.executable, "-m", "crdist", "report", str(parent)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0 and "lpft" in report.stdout and "± " in report.stdout
+
+
+def test_sigterm_stops_the_running_drivers_and_starts_no_other(tmp_path):
+    # Real processes stand in for the drivers: each exits on the SIGTERM the sweep passes on.
+    import threading
+
+    from crdist.sweep import Point, SweepStopped, _run_points
+
+    points = [Point(f"p{i}", {"seed": i}, []) for i in range(3)]
+    started = []
+
+    def start(point):
+        started.append(point.name)
+        return subprocess.Popen(["sleep", "60"])
+
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    status = {}
+    with pytest.raises(SweepStopped, match="SIGTERM"):
+        _run_points(points, ROOT, tmp_path, "unused", 2, status, lambda line: None, start=start)
+    assert started == ["p0", "p1"]  # two at a time; p2 never started
+    assert status == {"p0": {"state": "stopped"}, "p1": {"state": "stopped"}}
+    assert json.loads((tmp_path / "sweep-status.json").read_text()) == status
