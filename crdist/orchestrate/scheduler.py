@@ -224,13 +224,18 @@ class Scheduler:
     def eval_slots(self) -> int:
         """How many evaluations may run at once. Ray has no priorities: evaluations submitted
         freely would take every CPU and hold back the train job waiting for them, which is the
-        study's critical path. Asked of the cluster each time, as nodes may come and go."""
+        study's critical path; once training is over they take every CPU. Asked of the cluster
+        each time, as nodes may come and go."""
         import ray
 
         if self.study.evaluate.concurrent:
             return self.study.evaluate.concurrent
         train = self.study.train
-        spare = ray.cluster_resources().get("CPU", 0) - train.workers * train.cpus_per_worker
+        spare = ray.cluster_resources().get("CPU", 0)
+        if self.waiting_trains or any(job.kind == "train" for job in self.pending.values()):
+            spare -= train.workers * train.cpus_per_worker
+        # else every chain is done (a train job is only ever submitted when one finishes), so the
+        # evaluations left may take every CPU.
         return max(1, math.floor(spare / self.study.evaluate.cpus))
 
     def _journal_finished_if_new(self, job: _Job) -> None:
@@ -276,6 +281,7 @@ class Scheduler:
             self.trained(job.method, job.task)
         if job.kind == "train":
             self.start_waiting_trains()  # its slot is free
+            self.start_waiting_evals()  # after the last train job, evaluations may take its CPUs
 
     def trained(self, method: str, task: int) -> None:
         for j in range(1, self.tasks + 1):
