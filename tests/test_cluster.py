@@ -16,6 +16,7 @@ import pytest
 
 from crdist.bench.faults import wait_for
 from tests.conftest import ROOT
+from tests.ray_clusters import new_temp_dir, ray_start, ray_stop
 
 # One task, a few steps, kNN only: what matters here is where each run's Ray comes from.
 TINY = ["data.tasks=1", "train.methods=[sgd]", "train.max_steps=4", "evaluate.protocols=[knn]"]
@@ -54,16 +55,13 @@ def free_port() -> int:
 def ray_start_cluster():
     """A cluster started with `ray start --head` on loopback, as on a node where someone ran it: it
     also writes /tmp/ray/ray_current_cluster, which a bare ray.init() would join."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
     address = f"127.0.0.1:{free_port()}"
-    subprocess.run([*ray, "start", "--head", f"--port={address.split(':')[1]}", "--num-cpus=3",
-                    "--include-dashboard=false", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    temp_dir = new_temp_dir()
+    ray_start(temp_dir, "--head", f"--port={address.split(':')[1]}", "--num-cpus=3", "--include-dashboard=false")
     try:
         yield address
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        ray_stop(temp_dir)
 
 
 def test_ray_address_joins_and_no_address_starts_a_private_cluster_beside_others(tmp_path, ray_start_cluster):

@@ -16,6 +16,7 @@ import torch
 from crdist.bench.faults import checkpoint_at_least, events, wait_for, worker_pid
 from crdist.models.weights import load_weights
 from tests.conftest import ROOT
+from tests.ray_clusters import new_temp_dir, ray_start, ray_stop
 
 # Long enough tasks (140 steps) that every failure below lands mid-task; checkpoints every 10 steps.
 # With the paper's augmentation and SGD with momentum, so that exact resume covers the per-sample
@@ -197,12 +198,10 @@ def test_a_study_across_two_nodes_survives_losing_one(reference):
     tmp_path, reference_dir = reference
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     port = "6391"
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    temp_dir = new_temp_dir()
     try:
-        subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}',
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+        ray_start(temp_dir, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
+        ray_start(temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}')
         run_dir = tmp_path / "runs" / "nodes"
         process = start(tmp_path, "nodes", "train.placement=SPREAD", "cluster.address=127.0.0.1:" + port, env=env)
         wait_for(checkpoint_at_least(run_dir, "lpft", 1, 20), 300, "a checkpoint of task 1", alive=process)
@@ -215,7 +214,7 @@ def test_a_study_across_two_nodes_survives_losing_one(reference):
             p.kill()
         assert finish(process) == 0, (tmp_path / "nodes.log").read_text()[-3000:]
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        ray_stop(temp_dir)
 
     assert "2 nodes" in (tmp_path / "nodes.log").read_text()
     assert finished_once(run_dir)["train/lpft/1"]["resumed_from"] >= 20

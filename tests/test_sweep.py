@@ -77,7 +77,7 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
         f"name: digits\nbase: {ROOT / 'configs' / 'demo.yaml'}\nruns_dir: {tmp_path / 'runs'}\n"
-        f"set: [data.tasks=2, train.max_steps=40, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
+        f"set: [data.tasks=1, train.max_steps=40, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
         f"data.shards={tmp_path / 'shards'}]\n"
         "axes:\n  seed: [0, 1]\n  train.methods: [sgd, lpft]\nconcurrent: 1\n")
     parent = tmp_path / "runs" / "digits"

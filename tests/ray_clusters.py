@@ -1,0 +1,51 @@
+"""Clusters that tests start with `ray start`, and stop again without touching any other Ray on the
+machine (`ray stop --force` would end every Ray process there, a user's running study included)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import psutil
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def ray_start(temp_dir: str, *args: str, env: dict | None = None) -> None:
+    """`ray start ARGS` with this cluster's own temp dir, which every one of its services names on
+    its command line. A node that joins gets the head's temp dir without being told."""
+    head = "--head" in args
+    subprocess.run([*RAY, "start", *args, *([f"--temp-dir={temp_dir}"] if head else []), "--disable-usage-stats"],
+                   env=env or {**os.environ, "RAY_AUTH_MODE": "token"}, check=True, capture_output=True,
+                   timeout=120)
+
+
+def new_temp_dir() -> str:
+    # Short: Ray's unix sockets live under it, and a socket path may hold 107 characters.
+    return tempfile.mkdtemp(prefix="crt-", dir="/tmp")
+
+
+def ray_stop(temp_dir: str, grace: float = 10.0) -> None:
+    """End the services of the cluster started with ``temp_dir`` and everything they started
+    (workers, agents): SIGTERM, then SIGKILL after ``grace`` seconds."""
+    services = [p for p in psutil.process_iter(["cmdline"])
+                if any(temp_dir in part for part in (p.info["cmdline"] or []))]
+    family = set(services)
+    for p in services:
+        try:
+            family.update(p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
