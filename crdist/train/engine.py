@@ -8,10 +8,19 @@ Facts this module encodes (accelerate 1.15, deepspeed 0.19, no CUDA):
   transformers must be installed even for vision-only studies.
 - ZeRO-3 only consolidates weights on save with ``stage3_gather_16bit_weights_on_model_save``;
   in fp32 training the gathered weights are fp32 despite the key's name.
+- DeepSpeed JIT-builds its CPU comm op into ``TORCH_EXTENSIONS_DIR``, by default one folder per
+  user (``~/.cache/torch_extensions/py311_<cuda>``) shared by every Python environment. Two
+  environments whose torch lives at different paths then rebuild the op in turn, each build about
+  a minute on 2 cores with every other loader waiting on its lock; a train job that started during
+  such a build was seen waiting past its test's deadline. So crdist defaults it to one folder per
+  environment (``TORCH_EXTENSIONS_DIR`` set by the user wins).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +28,11 @@ import torch
 from torch import nn
 
 from crdist.train.config import TrainConfig
+
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path.home() / ".cache" / "torch_extensions" / f"env-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]}"),
+)
 
 
 def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
