@@ -38,7 +38,7 @@ from crdist import config
 from crdist.atomic import write_json
 from crdist.config import ConfigError, require
 from crdist.errors import CrdistError
-from crdist.report.aggregate import aggregate, read_run, write_aggregate
+from crdist.report.aggregate import aggregate, read_run, value_label, write_aggregate
 from crdist.study import StudyConfig, load_study
 
 STATUS = "sweep-status.json"
@@ -295,11 +295,5 @@ def _as_field(key: str, value: Any) -> Any:
 
 
 def _name(values: dict) -> str:
-    def short(key: str) -> str:
-        return key.split(".")[-1]
-
-    def text(value: Any) -> str:
-        return "+".join(map(str, value)) if isinstance(value, list) else str(value)
-
-    name = "_".join(f"{short(k)}-{text(v)}" for k, v in values.items())
+    name = "_".join(f"{key.split('.')[-1]}-{value_label(value)}" for key, value in values.items())
     return "".join(c if c.isalnum() or c in "-_+.=" else "-" for c in name)

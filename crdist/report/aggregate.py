@@ -74,7 +74,7 @@ def aggregate(results: list[RunResult], axes: list[str]) -> Aggregate:
                     pending=[r.name for r in results if r.metrics is None and r.error is None])
     groups: dict[tuple, list[RunResult]] = {}
     for r in done:
-        groups.setdefault(tuple(_label(r.values.get(a)) for a in group_axes), []).append(r)
+        groups.setdefault(tuple(value_label(r.values.get(a)) for a in group_axes), []).append(r)
     methods = list(dict.fromkeys(m for r in done for m in r.metrics))
     for protocol in protocols:
         for key, runs in groups.items():
@@ -217,7 +217,8 @@ def _spread_json(s: Spread) -> dict:
     return {"mean": s.mean, "std": s.std, "n": s.n}
 
 
-def _label(value) -> str:
+def value_label(value) -> str:
+    """An axis value as text: a list joined by '+'."""
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
