@@ -241,6 +241,6 @@ def _build_deepspeed_cpu_ops(console: Console) -> None:
 
     if ray.get(deepspeed_cpu_op_cached.remote()):
         return
-    console.print("setup  compiling DeepSpeed's CPU comm op (once per machine, about a minute)")
+    console.print("setup  compiling DeepSpeed's CPU comm op (once per Python environment, about a minute)")
     seconds = ray.get(build_deepspeed_cpu_op.remote())
     console.print(f"setup  compiled it in {seconds:.0f} s; later runs reuse it")
