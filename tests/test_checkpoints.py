@@ -117,6 +117,31 @@ def test_the_policy_saves_by_step_count_and_by_time_but_not_at_the_last_step():
     assert by_time.decide(3, 20, accelerator) == (False, False)
 
 
+def test_a_preemption_notice_saves_once_per_newly_preempted_node_and_never_stops():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from crdist.train.checkpoint import CheckpointConfig
+    from crdist.train.policy import CheckpointPolicy, PreemptionNotice
+
+    accelerator = Accelerator(cpu=True)
+    # What ray.train.get_preemption_info answers at each read: nothing, node a, a again, a and b.
+    answers = iter([None, SimpleNamespace(preempted_node_ids=["a"]), SimpleNamespace(preempted_node_ids=["a"]),
+                    SimpleNamespace(preempted_node_ids=["b", "a"])])
+    reads = []
+    notice = PreemptionNotice(lambda: reads.append(1) or next(answers), every_seconds=0.05)
+    policy = CheckpointPolicy(CheckpointConfig(every_steps=0), preemption=notice)
+    decisions = []
+    for step in range(1, 5):
+        assert policy.decide(step, 100, accelerator) == (False, False)  # not due yet: no read
+        time.sleep(0.06)
+        decisions.append((policy.decide(step, 100, accelerator), policy.preempted_nodes))
+    assert len(reads) == 4
+    assert decisions == [((False, False), ()), ((True, False), ("a",)), ((False, False), ()),
+                         ((True, False), ("a", "b"))]
+
+
 def test_the_job_lock_goes_with_its_holder_not_with_the_processes_it_forked(tmp_path):
     # A worker forks loader processes while it holds the lock; one of them can outlive the worker
     # (a node lost mid-epoch). The restarted worker group must still get the lock.

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import torch
 
-from crdist.bench.faults import checkpoint_at_least, events, wait_for, worker_pid
+from crdist.bench.faults import checkpoint_at_least, events, last_step, wait_for, worker_pid
 from crdist.models.weights import load_weights
 from tests.conftest import ROOT
 from tests.ray_clusters import new_temp_dir, ray_start, ray_stop
@@ -219,3 +219,52 @@ def test_a_study_across_two_nodes_survives_losing_one(reference):
     assert "2 nodes" in (tmp_path / "nodes.log").read_text()
     assert finished_once(run_dir)["train/lpft/1"]["resumed_from"] >= 20
     assert_same_results(run_dir, reference_dir, methods=["lpft"])
+
+
+def test_a_node_drained_for_preemption_checkpoints_at_once_and_the_job_resumes_from_that_step(reference):
+    """The advance notice of a preemption: the worker node is drained (what a cloud's spot reclaim,
+    or `ray start --block` given SIGTERM, does), then killed. The job checkpoints as soon as Ray
+    reports the drain, and restarts from that step instead of the last periodic checkpoint (none
+    here: every 100 steps). max_failures=0: only Ray Train's preemption budget can restart it."""
+    tmp_path, reference_dir = reference
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    port = "6393"
+    temp_dir = new_temp_dir()
+    try:
+        ray_start(temp_dir, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
+        ray_start(temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}')
+        run_dir = tmp_path / "runs" / "drain"
+        process = start(tmp_path, "drain", "train.placement=SPREAD", "cluster.address=127.0.0.1:" + port,
+                        "checkpoint.every_steps=100", "train.max_failures=0", env=env)
+        wait_for(lambda: last_step(run_dir, "lpft", 1) >= 10, 300, "step 10 of task 1", alive=process)
+        node2 = [p for p in psutil.process_iter(["name", "cmdline"])
+                 if p.info["name"] == "raylet" and "node2" in " ".join(p.info["cmdline"] or [])]
+        assert len(node2) == 1
+        node_id = next(a.split("=", 1)[1] for a in node2[0].cmdline() if a.startswith("--node_id="))
+        drained_at = time.time()
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", f"--address=127.0.0.1:{port}",
+                        f"--node-id={node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
+                        "--reason-message=spot instance reclaimed", "--deadline-remaining-seconds=60"],
+                       env=env, check=True, capture_output=True, timeout=60)
+
+        def preemption_checkpoint():
+            return next((e for e in events(run_dir) if e.get("kind") == "checkpoint" and e.get("preempted_nodes")), None)
+
+        saved = wait_for(preemption_checkpoint, 120, "the checkpoint for the drain", alive=process)
+        step_at_loss = last_step(run_dir, "lpft", 1)
+        for p in [node2[0], *node2[0].children(recursive=True)]:  # the node goes, as a reclaimed VM does
+            p.kill()
+        assert finish(process) == 0, (tmp_path / "drain.log").read_text()[-3000:]
+    finally:
+        ray_stop(temp_dir)
+
+    assert saved["method"] == "lpft" and saved["task"] == 1 and saved["preempted_nodes"] == [node_id]
+    assert saved["step"] < 100  # not a periodic checkpoint
+    restarts = [e for e in events(run_dir) if e.get("kind") == "start" and (e["method"], e["task"]) == ("lpft", 1)]
+    assert [e["step"] for e in restarts] == [0, saved["step"]]  # resumed from the step of the drain
+    assert finished_once(run_dir)["train/lpft/1"]["resumed_from"] == saved["step"]
+    assert "is being preempted" in (tmp_path / "drain.log").read_text()
+    assert_same_results(run_dir, reference_dir, methods=["lpft"])
+    print(f"\ndrain → checkpoint: {saved['time'] - drained_at:.1f} s; checkpoint at step {saved['step']}, "
+          f"node lost at step ≥{step_at_loss}; steps redone after the restart: "
+          f"{step_at_loss - saved['step']} trained past the checkpoint, 0 before it")

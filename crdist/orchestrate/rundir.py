@@ -143,6 +143,7 @@ _EXECUTION_ONLY = (
     ("data", "stream_url"),  # where the same shards are read from
     ("train", "log_every"),
     ("train", "max_failures"),
+    ("train", "max_preemption_failures"),
     ("train", "placement"),
     ("evaluate", "concurrent"),
 )

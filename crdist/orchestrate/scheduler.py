@@ -327,7 +327,9 @@ def _describe_event(event: dict) -> str:
             return f"train  {job}: resuming from the checkpoint at step {event['step']}/{event['steps']}"
         return f"train  {job}: started, {event['steps']} steps"
     if event["kind"] == "checkpoint":
-        return f"ckpt   {job}: step {event['step']} saved" + (", stopping" if event["stopping"] else "")
+        nodes = event.get("preempted_nodes")
+        why = f" (node {', '.join(n[:12] for n in nodes)} is being preempted)" if nodes else ""
+        return f"ckpt   {job}: step {event['step']} saved{why}" + (", stopping" if event["stopping"] else "")
     return (
         f"train  {job}  step {event['step']:>4}/{event['steps']}  {event['phase']:<8} loss {event['loss']:.4f}  "
         f"lr {event['lr']:.2e}  {event['samples_per_s']:,.0f} samples/s"

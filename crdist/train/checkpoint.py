@@ -51,12 +51,17 @@ class CheckpointConfig:
     keep: int = 2
     # After SIGTERM to the driver: how long running train jobs get to checkpoint and stop.
     grace_seconds: float = 60.0
+    # Checkpoint at once when Ray says a node of the job is being preempted (drained); the workers
+    # look for that notice every this many seconds (0 = never).
+    preemption_poll_seconds: float = 2.0
 
     def validate(self) -> None:
         require(self.every_steps >= 0, "every_steps", f"must be non-negative, 0 = off (got {self.every_steps})")
         require(self.every_minutes >= 0, "every_minutes", f"must be non-negative, 0 = off (got {self.every_minutes})")
         require(self.keep >= 1, "keep", f"must be at least 1 (got {self.keep})")
         require(self.grace_seconds > 0, "grace_seconds", f"must be positive (got {self.grace_seconds})")
+        require(self.preemption_poll_seconds >= 0, "preemption_poll_seconds",
+                f"must be non-negative, 0 = off (got {self.preemption_poll_seconds})")
 
 
 @dataclass

@@ -36,6 +36,9 @@ class TrainConfig:
     log_every: int = 10  # steps between progress reports
     # Worker-group restarts Ray Train allows per task (each resumes from the latest checkpoint).
     max_failures: int = 3
+    # Restarts after a node preemption (a drained node that went), counted apart from max_failures;
+    # -1 = no limit.
+    max_preemption_failures: int = -1
     # How a job's workers are placed on the cluster: PACK (fewest nodes) or SPREAD (one per node).
     placement: Literal["PACK", "SPREAD"] = "PACK"
 
@@ -62,3 +65,5 @@ class TrainConfig:
         require(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be at least 1 (got {self.shuffle_buffer})")
         require(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
         require(self.max_failures >= 0, "max_failures", f"must be non-negative (got {self.max_failures})")
+        require(self.max_preemption_failures >= -1, "max_preemption_failures",
+                f"must be -1 (no limit) or non-negative (got {self.max_preemption_failures})")

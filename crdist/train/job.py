@@ -1,7 +1,9 @@
 """One task's continued pretraining as a Ray Train job: a TorchTrainer over N workers.
 
 Worker failures are Ray Train's to handle: with ``FailureConfig(max_failures)`` it restarts the
-whole worker group, and each new worker resumes from the job's latest checkpoint.
+whole worker group, and each new worker resumes from the job's latest checkpoint. A preempted node
+(drained first, then gone) is counted apart, against ``max_preemption_failures``; the workers
+checkpoint as soon as the drain is announced, so the restart resumes from that step.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def _train_loop_per_worker(config: dict) -> None:
         except Exception:  # progress is best effort: never let it stop training
             log.warning("could not send progress event %s", event, exc_info=True)
 
-    train_task(job, report=report, stop_flag=config["stop"])
+    import ray.train
+
+    train_task(job, report=report, stop_flag=config["stop"], preemption_info=ray.train.get_preemption_info)
 
 
 def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | None:
@@ -50,7 +54,8 @@ def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | N
         run_config=RunConfig(
             name=f"{run_name}-{job.method}-task{job.task}",
             storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=train.max_failures),
+            failure_config=FailureConfig(max_failures=train.max_failures,
+                                         max_preemption_failures=train.max_preemption_failures),
         ),
     )
     if not Path(job.output).is_file():  # a retried launcher whose job had already finished skips this

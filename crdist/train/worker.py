@@ -28,7 +28,7 @@ from crdist.models.config import ModelConfig
 from crdist.train.checkpoint import CheckpointConfig, CheckpointError, JobLock, Position, TaskCheckpoints, agree
 from crdist.train.config import TrainConfig
 from crdist.train.engine import make_accelerator, make_optimizer, reset_optimizer_state, set_learning_rates
-from crdist.train.policy import CheckpointPolicy, StopWatcher
+from crdist.train.policy import CheckpointPolicy, PreemptionNotice, StopWatcher
 from crdist.train.schedule import lr_at
 
 log = logging.getLogger("crdist.train")
@@ -86,11 +86,14 @@ class TaskResult:
 Reporter = Callable[[dict], None]
 
 
-def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=None) -> TaskResult:
+def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=None,
+               preemption_info: Callable[[], object] | None = None) -> TaskResult:
     """Train ``job`` on this rank, resuming from its latest checkpoint if there is one.
 
     Rank 0 calls ``report`` with progress events. ``stop_flag`` is the driver's stop request (a
     Ray actor); when it is raised, every rank checkpoints at the same step and returns.
+    ``preemption_info`` is ``ray.train.get_preemption_info`` under Ray Train: when it names a
+    node of this job, every rank checkpoints at the same step and trains on.
     """
     world, rank = _world_and_rank()
     log_dir = Path(job.log_dir)
@@ -108,7 +111,9 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
         if lock is not None:
             lock.acquire()  # a dying attempt's rank 0 may still be working in the checkpoint directory
         run = _setup(job, accelerator, world, rank)
-        policy = CheckpointPolicy(job.checkpoint, stop)
+        poll = job.checkpoint.preemption_poll_seconds
+        notice = PreemptionNotice(preemption_info, poll) if preemption_info is not None and poll > 0 else None
+        policy = CheckpointPolicy(job.checkpoint, stop, notice)
         result = _fit(run, job, report, policy)
         if not result.stopped:
             _save(run, job, result)
@@ -266,7 +271,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
                 log.info("%s: checkpoint %s", job.label, saved)
                 _report(accelerator, report, {"kind": "checkpoint", "job": job.label, "method": job.method,
                                               "task": job.task, "tasks": job.num_tasks, "step": step,
-                                              "stopping": stopped})
+                                              "stopping": stopped, "preempted_nodes": list(policy.preempted_nodes)})
         if step >= run.total_steps or stopped:
             break
     seconds = time.perf_counter() - started
