@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from crdist import config
-from crdist.atomic import write_json
+from crdist.atomic import write_json, write_text
 from crdist.config import ConfigError, require
 from crdist.errors import CrdistError
 from crdist.report.aggregate import aggregate, read_run, value_label, write_aggregate
@@ -105,7 +107,10 @@ def run_sweep(path: Path, address: str | None = None, say=print) -> int:
     sweep, base, points = load_sweep(path)
     parent = Path(sweep.runs_dir) / sweep.name
     parent.mkdir(parents=True, exist_ok=True)
-    (parent / SWEEP_FILE).write_text(path.read_text())
+    # The copy names its base by absolute path: a relative one meant "beside the original".
+    saved = yaml.safe_load(path.read_text())
+    saved["base"] = str(base.resolve())
+    write_text(parent / SWEEP_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
     status = _read_status(parent)
     say(f"sweep  {sweep.name}: {len(points)} run(s) of {base} over {', '.join(sweep.axes) or 'no axis'}; "
         f"{sweep.concurrent} at a time → {parent}")

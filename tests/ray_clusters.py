@@ -4,6 +4,7 @@ machine (`ray stop --force` would end every Ray process there, a user's running 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,3 +50,9 @@ def ray_stop(temp_dir: str, grace: float = 10.0) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

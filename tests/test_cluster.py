@@ -7,7 +7,6 @@ import re
 import signal
 import time
 from signal import SIGKILL
-import socket
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 
 from crdist.bench.faults import wait_for
 from tests.conftest import ROOT
-from tests.ray_clusters import new_temp_dir, ray_start, ray_stop
+from tests.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
 
 # One task, a few steps, kNN only: what matters here is where each run's Ray comes from.
 TINY = ["data.tasks=1", "train.methods=[sgd]", "train.max_steps=4", "evaluate.protocols=[knn]"]
@@ -43,12 +42,6 @@ def alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

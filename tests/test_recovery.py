@@ -1,6 +1,6 @@
 """Failures during a real study on real Ray, with real signals: killed workers of methods with
-state (a replay buffer, importances), a stopped and a killed driver, a lost node. Each run must end
-bit-identical to the uninterrupted reference."""
+state (a replay buffer, importances), a stopped and a killed driver, a lost node, a node drained
+for preemption. Each run must end bit-identical to the uninterrupted reference."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import psutil
 import pytest
@@ -98,6 +99,26 @@ def same(a, b) -> bool:
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return a == b
+
+
+@contextmanager
+def two_nodes(port: str):
+    """A head and a second node (custom resource "node2", 2 CPUs each) on loopback; yields the
+    address and the environment a driver joins with, and stops both nodes afterwards."""
+    temp_dir = new_temp_dir()
+    try:
+        ray_start(temp_dir, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
+        ray_start(temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}')
+        yield f"127.0.0.1:{port}", {**os.environ, "RAY_AUTH_MODE": "token"}
+    finally:
+        ray_stop(temp_dir)
+
+
+def second_raylet() -> psutil.Process:
+    raylets = [p for p in psutil.process_iter(["name", "cmdline"])
+               if p.info["name"] == "raylet" and "node2" in " ".join(p.info["cmdline"] or [])]
+    assert len(raylets) == 1
+    return raylets[0]
 
 
 @pytest.fixture(scope="module")
@@ -196,25 +217,16 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
 
 def test_a_study_across_two_nodes_survives_losing_one(reference):
     tmp_path, reference_dir = reference
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    port = "6391"
-    temp_dir = new_temp_dir()
-    try:
-        ray_start(temp_dir, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
-        ray_start(temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}')
-        run_dir = tmp_path / "runs" / "nodes"
-        process = start(tmp_path, "nodes", "train.placement=SPREAD", "cluster.address=127.0.0.1:" + port, env=env)
+    run_dir = tmp_path / "runs" / "nodes"
+    with two_nodes("6391") as (address, env):
+        process = start(tmp_path, "nodes", "train.placement=SPREAD", "cluster.address=" + address, env=env)
         wait_for(checkpoint_at_least(run_dir, "lpft", 1, 20), 300, "a checkpoint of task 1", alive=process)
-        node2 = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "raylet" and "node2" in " ".join(p.info["cmdline"] or [])]
-        assert len(node2) == 1
-        doomed = [node2[0], *node2[0].children(recursive=True)]
+        raylet = second_raylet()
+        doomed = [raylet, *raylet.children(recursive=True)]
         assert any("RayTrainWorker" in " ".join(p.cmdline()) for p in doomed[1:])  # a worker runs there
         for p in doomed:
             p.kill()
         assert finish(process) == 0, (tmp_path / "nodes.log").read_text()[-3000:]
-    finally:
-        ray_stop(temp_dir)
 
     assert "2 nodes" in (tmp_path / "nodes.log").read_text()
     assert finished_once(run_dir)["train/lpft/1"]["resumed_from"] >= 20
@@ -227,22 +239,15 @@ def test_a_node_drained_for_preemption_checkpoints_at_once_and_the_job_resumes_f
     reports the drain, and restarts from that step instead of the last periodic checkpoint (none
     here: every 100 steps). max_failures=0: only Ray Train's preemption budget can restart it."""
     tmp_path, reference_dir = reference
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    port = "6393"
-    temp_dir = new_temp_dir()
-    try:
-        ray_start(temp_dir, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
-        ray_start(temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}')
-        run_dir = tmp_path / "runs" / "drain"
-        process = start(tmp_path, "drain", "train.placement=SPREAD", "cluster.address=127.0.0.1:" + port,
+    run_dir = tmp_path / "runs" / "drain"
+    with two_nodes("6393") as (address, env):
+        process = start(tmp_path, "drain", "train.placement=SPREAD", "cluster.address=" + address,
                         "checkpoint.every_steps=100", "train.max_failures=0", env=env)
         wait_for(lambda: last_step(run_dir, "lpft", 1) >= 10, 300, "step 10 of task 1", alive=process)
-        node2 = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "raylet" and "node2" in " ".join(p.info["cmdline"] or [])]
-        assert len(node2) == 1
-        node_id = next(a.split("=", 1)[1] for a in node2[0].cmdline() if a.startswith("--node_id="))
+        raylet = second_raylet()
+        node_id = next(a.split("=", 1)[1] for a in raylet.cmdline() if a.startswith("--node_id="))
         drained_at = time.time()
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", f"--address=127.0.0.1:{port}",
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", f"--address={address}",
                         f"--node-id={node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
                         "--reason-message=spot instance reclaimed", "--deadline-remaining-seconds=60"],
                        env=env, check=True, capture_output=True, timeout=60)
@@ -252,11 +257,9 @@ def test_a_node_drained_for_preemption_checkpoints_at_once_and_the_job_resumes_f
 
         saved = wait_for(preemption_checkpoint, 120, "the checkpoint for the drain", alive=process)
         step_at_loss = last_step(run_dir, "lpft", 1)
-        for p in [node2[0], *node2[0].children(recursive=True)]:  # the node goes, as a reclaimed VM does
+        for p in [raylet, *raylet.children(recursive=True)]:  # the node goes, as a reclaimed VM does
             p.kill()
         assert finish(process) == 0, (tmp_path / "drain.log").read_text()[-3000:]
-    finally:
-        ray_stop(temp_dir)
 
     assert saved["method"] == "lpft" and saved["task"] == 1 and saved["preempted_nodes"] == [node_id]
     assert saved["step"] < 100  # not a periodic checkpoint

@@ -75,8 +75,9 @@ def test_a_bad_axis_key_names_the_sweep_file_and_the_point(tmp_path):
 
 def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_path):
     sweep = tmp_path / "sweep.yaml"
+    base = os.path.relpath(ROOT / "configs" / "demo.yaml", tmp_path)  # relative to the sweep file, as usual
     sweep.write_text(
-        f"name: digits\nbase: {ROOT / 'configs' / 'demo.yaml'}\nruns_dir: {tmp_path / 'runs'}\n"
+        f"name: digits\nbase: {base}\nruns_dir: {tmp_path / 'runs'}\n"
         f"set: [data.tasks=1, train.max_steps=40, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
         f"data.shards={tmp_path / 'shards'}]\n"
         "axes:\n  seed: [0, 1]\n  train.methods: [sgd, lpft]\nconcurrent: 1\n")

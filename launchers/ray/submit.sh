@@ -34,7 +34,7 @@ case "$config" in
 esac
 submission_id="crdist-$(printf '%s' "$name" | tr -c 'A-Za-z0-9_-' '-')"
 
-status="$(ray job status "$submission_id" 2> /dev/null | grep -oE "(PENDING|RUNNING|STOPPED|SUCCEEDED|FAILED)" | tail -n 1 || true)"
+status="$(python "$here/launchers/ray/job_status.py" "$submission_id")"
 case "$status" in
     PENDING | RUNNING)
         echo "$submission_id is $status on $RAY_ADDRESS; follow it with: ray job logs --follow $submission_id" >&2
