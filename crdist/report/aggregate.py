@@ -171,10 +171,11 @@ def _plot_final_accuracy(agg: Aggregate, protocol: str, path: Path, title: str) 
     tasks = len(series[0][2])
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 + 0.25 * tasks * len(series)), 4.2))
     width = 0.8 / max(1, len(series))
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")  # past 10, tab10 repeats itself
     for k, (method, key, spreads) in enumerate(series):
         xs = [j + k * width - 0.4 + width / 2 for j in range(len(spreads))]
         ax.bar(xs, [s.mean for s in spreads], width, yerr=[s.std or 0.0 for s in spreads], capsize=2,
-               label=_row_label(method, dict(zip(agg.group_axes, key))))
+               color=colours(k % colours.N), label=_row_label(method, dict(zip(agg.group_axes, key))))
     ax.set_xticks(range(tasks), [f"T{j + 1}" for j in range(tasks)])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy of the last checkpoint")
