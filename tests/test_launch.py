@@ -61,7 +61,10 @@ def test_ray_job_submit_runs_a_study_and_the_same_command_after_a_kill_resumes_i
     shared = tmp_path / "shared"
     shared.mkdir()
     port, dashboard = free_port(), free_port()
-    temp_dir = new_temp_dir()
+    # A temp dir per node, as separate hosts have: each node unpacks the job's working directory
+    # into its own, and a second node unpacking into the head's would replace the files under the
+    # running driver ("No module named …").
+    temp_dir, node2_temp_dir = new_temp_dir(), new_temp_dir()
     python_path = os.pathsep.join([str(JOB_SERVER), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}",
            "CRDIST_SHARED": str(shared), "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
@@ -76,7 +79,7 @@ def test_ray_job_submit_runs_a_study_and_the_same_command_after_a_kill_resumes_i
         ray_start(temp_dir, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                   f"--dashboard-agent-listen-port={free_port()}", env=node_env)
-        ray_start(temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2",
+        ray_start(node2_temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--temp-dir={node2_temp_dir}",
                   f"--dashboard-agent-listen-port={free_port()}", env=node_env)
         wait_for(lambda: accepts_jobs(env), 120, "the job server to accept jobs", interval=2)
 
@@ -100,6 +103,7 @@ def test_ray_job_submit_runs_a_study_and_the_same_command_after_a_kill_resumes_i
     finally:
         for process in submissions:
             kill_group(process)
+        ray_stop(node2_temp_dir)
         ray_stop(temp_dir)
 
     first_log, second_log = (tmp_path / "first.log").read_text(), (tmp_path / "second.log").read_text()
