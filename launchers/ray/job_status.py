@@ -15,6 +15,8 @@ try:
     client = JobSubmissionClient(address)
 except ConnectionError as err:
     sys.exit(f"cannot reach Ray's job server at {address}: {err}")
+except RuntimeError as err:  # Ray without its job client: ray[default] is missing here
+    sys.exit(f"{err}\n(crdist's extra installs it: pip install -e '.[cluster]')")
 try:
     print(client.get_job_status(sys.argv[1]).value)
 except RuntimeError as err:
