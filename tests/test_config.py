@@ -53,7 +53,7 @@ def test_a_boolean_is_not_accepted_as_a_number(tmp_path):
         ("data:\n  tasks: 0\n", "data.tasks", "must be at least 1"),
         ("train:\n  zero_stage: 4\n", "train.zero_stage", "must be one of 0, 1, 2, 3 (got 4)"),
         ("train:\n  methods: [sgd, ewc2]\n", "train.methods[1]", "unknown method 'ewc2'"),
-        ("model:\n  backbone: resnet-18\n", "model.backbone", "did you mean 'resnet18-cifar'"),
+        ("model:\n  backbone: resnet-18\n", "model.backbone", "did you mean 'resnet18'"),
         ("lpft:\n  probe_fraction: 1.5\n", "lpft.probe_fraction", "must be in (0, 1]"),
     ],
 )

@@ -76,6 +76,13 @@ class Manifest:
         return self.image.channels if self.image is not None else 0
 
     @property
+    def image_size(self) -> int | None:
+        """The side of the stream's images when they are square (what a ViT is built for), else None."""
+        if self.image is None or self.image.height != self.image.width:
+            return None
+        return self.image.height
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 

@@ -51,7 +51,8 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     manifest = Manifest.load(job.shards)
-    model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed)
+    model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed,
+                             image_size=manifest.image_size)
     load_into(model, job.weights)
     model.eval()
     classes = manifest.task(job.task).classes

@@ -25,9 +25,11 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_classifier(model_cfg, in_channels: int, num_classes: int, seed: int) -> Classifier:
-    """Seeded, so every process builds the same initial weights. ``in_channels`` is 0 for text."""
+def build_classifier(model_cfg, in_channels: int, num_classes: int, seed: int,
+                     image_size: int | None = None) -> Classifier:
+    """Seeded, so every process builds the same initial weights. ``in_channels`` is 0 for text;
+    ``image_size`` is the side of the stream's square images (a ViT is built for it)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module, feature_dim = BACKBONES.get(model_cfg.backbone)(in_channels, model_cfg)
+        module, feature_dim = BACKBONES.get(model_cfg.backbone)(in_channels, model_cfg, image_size)
         return Classifier(module, feature_dim, num_classes)

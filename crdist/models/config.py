@@ -16,9 +16,12 @@ _TEXT_MODEL_HINT = (
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "small-cnn"
-    # Local safetensors file to start from (e.g. pretrained weights); null = seeded random init.
-    # Nothing is ever downloaded.
+    # Local weights to start the backbone from; null = seeded random init. Nothing is ever downloaded.
+    # A .safetensors file holds crdist's own keys (a c_i of another run); a .pth / .pt file is a
+    # torchvision checkpoint (ImageNet weights), mapped onto the backbone (crdist/models/pretrained.py).
     init: str | None = None
+    # ViT backbones: pixels per patch side; null = the backbone's own (16 for vit-b16, 4 for vit-tiny).
+    patch_size: int | None = None
     # Text backbones: the local Hugging Face directory holding the encoder and its tokenizer.
     pretrained: str | None = None
     max_length: int = 128  # text backbones: tokens per sample (truncated or padded)
@@ -30,6 +33,13 @@ class ModelConfig:
         from crdist.models.backbones import BACKBONES
 
         require(self.backbone in BACKBONES, "backbone", BACKBONES.unknown_message(self.backbone))
+        require(self.patch_size is None or self.patch_size >= 1, "patch_size",
+                f"must be a positive number of pixels (got {self.patch_size})")
+        if self.patch_size is not None:
+            require(self.backbone.startswith("vit-"), "patch_size", f"only ViT backbones have patches, not {self.backbone}")
+        if self.init is not None:
+            require(Path(self.init).suffix in (".safetensors", ".pth", ".pt"), "init",
+                    f"{self.init}: expected a .safetensors file (crdist's keys) or a torchvision .pth / .pt checkpoint")
         require(self.max_length >= 8, "max_length", f"must be at least 8 (got {self.max_length})")
         if BACKBONES.get(self.backbone).modality == "text":
             require(self.pretrained is not None, "pretrained", f"{self.backbone} needs {_TEXT_MODEL_HINT}")

@@ -23,6 +23,7 @@ from crdist.data.prepare import prepare
 from crdist.data.stream import RankStream, StreamSpec
 from crdist.errors import CrdistError
 from crdist.models.classifier import build_classifier
+from crdist.models.pretrained import load_pretrained
 from crdist.models.weights import load_into, save_weights
 from crdist.orchestrate.cluster import ray_cluster
 from crdist.orchestrate.console import Console
@@ -214,14 +215,19 @@ class _StopOnSignals:
 
 def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console) -> None:
     path = run.weights(None, 0)
-    model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed)
+    model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed,
+                             image_size=manifest.image_size)
     source = f"random (seed {study.seed})"
     if study.model.pretrained:
         source = f"backbone from {study.model.pretrained}, head random (seed {study.seed})"
     if study.model.init:
         source = study.model.init
         if not path.is_file():  # once written, c_0 is the source of truth, even if init moves
-            load_into(model, study.model.init, backbone_only=True)
+            if Path(study.model.init).suffix == ".safetensors":
+                load_into(model, study.model.init, backbone_only=True)
+            else:
+                notes = load_pretrained(model.backbone, study.model.backbone, study.model.init)
+                source = f"{source} (torchvision keys{'; ' + '; '.join(notes) if notes else ''}), head random"
     params = sum(p.numel() for p in model.parameters())
     console.print(
         f"model  {study.model.backbone} ({params / 1e6:.2f} M parameters), init: {source}; "

@@ -157,7 +157,8 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     torch.manual_seed(derive_seed(job.seed, "train", job.method, job.task, rank))
 
     manifest = Manifest.load(job.shards)
-    model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed)
+    model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed,
+                             image_size=manifest.image_size)
     load_into(model, job.init_weights)
     spec = StreamSpec(
         task=job.task,

@@ -26,6 +26,6 @@ class MeanPooledEncoder(nn.Module):
 
 
 @backbone("hf-encoder", modality="text")
-def hf_encoder(in_channels: int, model_cfg) -> tuple[nn.Module, int]:
+def hf_encoder(in_channels: int, model_cfg, image_size: int | None = None) -> tuple[nn.Module, int]:
     module = MeanPooledEncoder(model_cfg.pretrained)
     return module, module.encoder.config.hidden_size

@@ -23,10 +23,10 @@ def _small_cnn(in_channels: int, norm) -> tuple[nn.Module, int]:
 
 
 @backbone("small-cnn")
-def small_cnn(in_channels: int, model_cfg=None) -> tuple[nn.Module, int]:
+def small_cnn(in_channels: int, model_cfg=None, image_size: int | None = None) -> tuple[nn.Module, int]:
     return _small_cnn(in_channels, nn.BatchNorm2d)
 
 
 @backbone("small-cnn-gn")
-def small_cnn_gn(in_channels: int, model_cfg=None) -> tuple[nn.Module, int]:
+def small_cnn_gn(in_channels: int, model_cfg=None, image_size: int | None = None) -> tuple[nn.Module, int]:
     return _small_cnn(in_channels, lambda channels: nn.GroupNorm(8, channels))
