@@ -276,6 +276,7 @@ class Scheduler:
                 + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")
                 + f" in {result['seconds']:.1f} s ({result['samples_per_second']:,.0f} samples/s), "
                 f"loss {result['first_loss']:.3f} → {result['final_loss']:.3f}"
+                + _peak_memory(result)
             )
             self.console.record({"kind": "train_done", "job": job.label, **result})
             self.trained(job.method, job.task)
@@ -353,3 +354,13 @@ def _root_cause(err: BaseException) -> str:
     if "Traceback (most recent call last)" in text:
         return text.splitlines()[-1]  # a re-raised error (e.g. from a loader process): its last line
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _peak_memory(result: dict) -> str:
+    """", peak 1.2 GiB per rank (RSS)": the largest rank's; the summary file has each rank's."""
+    peaks = result.get("peak_memory_bytes") or []
+    if not peaks:
+        return ""
+    kind = "RSS" if result.get("memory_measure") == "cpu-rss" else "CUDA"
+    return f", peak {max(peaks) / 2**30:.2f} GiB per rank ({kind})" + (
+        f", MFU {result['mfu']:.1%}" if result.get("mfu") is not None else "")

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,7 @@ from crdist.train.config import TrainConfig
 from crdist.train.engine import make_accelerator, make_optimizer, reset_optimizer_state, set_learning_rates
 from crdist.train.policy import CheckpointPolicy, PreemptionNotice, StopWatcher
 from crdist.train.schedule import lr_at
+from crdist.train.usage import mfu, peak_memory_bytes, reset_peak_memory, training_flops_per_sample
 
 log = logging.getLogger("crdist.train")
 
@@ -81,6 +82,12 @@ class TaskResult:
     resumed_from: int | None  # the checkpoint step this attempt started from
     stopped: bool  # stopped early on request (checkpointed, weights not written)
     method_state_bytes: int = 0  # what the method holds on rank 0 (buffers, importances)
+    samples_per_second_per_worker: float = 0.0
+    # Per rank: resident set high-water mark on CPU, CUDA max allocated on GPU (crdist/train/usage.py).
+    peak_memory_bytes: list[int] = field(default_factory=list)
+    memory_measure: str = ""  # "cpu-rss" or "cuda-max-allocated"
+    flops_per_sample: float | None = None  # training FLOPs (3 × forward) per sample; null for text
+    mfu: float | None = None  # on GPU: model FLOP utilisation against the GPU's bf16 peak
 
 
 Reporter = Callable[[dict], None]
@@ -105,6 +112,7 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
     try:
         log.info("%s: rank %d of %d, pid %d", job.label, rank, world, os.getpid())
         accelerator = make_accelerator(job.train, world)
+        reset_peak_memory(accelerator.device)
         if agree(Path(job.output).is_file()):  # a restart after the job had already finished
             log.info("%s: already finished, weights in %s", job.label, job.output)
             return _finished(job)
@@ -149,6 +157,7 @@ class _Run:
     rank: int
     checkpoints: TaskCheckpoints
     start: Position  # where this attempt begins: step 0, or the latest checkpoint
+    manifest: Manifest
 
 
 def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
@@ -203,7 +212,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
             method.load_state_dict(carried)
         method.start_task(model)
     return _Run(accelerator, model, optimizer, method, stream, steps_per_epoch, total, phases, world, rank,
-                checkpoints, start)
+                checkpoints, start, manifest)
 
 
 def _on_device(batches, device):
@@ -282,6 +291,11 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         run.method.end_task(model)  # every rank: it may all-reduce (a Fisher, an importance)
     state_bytes = run.method.state_bytes()
     log.info("%s: the method holds %.1f KiB on rank %d (buffers, importances)", job.label, state_bytes / 1024, run.rank)
+    per_worker = trained * cfg.batch_size / max(seconds, 1e-9)
+    device = accelerator.device
+    # Every rank's peak, gathered (a collective: every rank reaches this line).
+    peaks = accelerator.gather(torch.tensor([peak_memory_bytes(device)], dtype=torch.int64, device=device))
+    flops = training_flops_per_sample(job.model, run.manifest)
     return TaskResult(
         world=run.world,
         engine=str(accelerator.distributed_type.value),
@@ -294,6 +308,11 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         resumed_from=run.start.step or None,
         stopped=stopped,
         method_state_bytes=state_bytes,
+        samples_per_second_per_worker=per_worker,
+        peak_memory_bytes=[int(p) for p in peaks.tolist()],
+        memory_measure="cuda-max-allocated" if device.type == "cuda" else "cpu-rss",
+        flops_per_sample=flops,
+        mfu=mfu(flops, per_worker, device),
     )
 
 
