@@ -62,6 +62,7 @@ def test_zero2_through_accelerate_trains_two_processes_and_the_loss_goes_down(tm
     # per forward (the third convolution runs after a 2×2 max-pool), × 3 for training
     assert summary["flops_per_sample"] == 3 * 2 * (9 * 32 * 64 + 9 * 32 * 64 * 64 + 9 * 64 * 128 * 16 + 128 * 10)
     assert summary["mfu"] is None  # CPU
+    assert summary["parameters"] == sum(t.numel() for k, t in after.items() if "running" not in k and "num_batches" not in k)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -96,4 +97,5 @@ def test_lpft_switches_from_probe_to_finetuning_with_a_restarted_schedule(tmp_pa
     # per forward (the third convolution runs after a 2×2 max-pool), × 3 for training
     assert summary["flops_per_sample"] == 3 * 2 * (9 * 32 * 64 + 9 * 32 * 64 * 64 + 9 * 64 * 128 * 16 + 128 * 10)
     assert summary["mfu"] is None  # CPU
+    assert summary["parameters"] == sum(t.numel() for k, t in after.items() if "running" not in k and "num_batches" not in k)
     assert not torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"])  # BN trains again

@@ -87,6 +87,7 @@ class TaskResult:
     peak_memory_bytes: list[int] = field(default_factory=list)
     memory_measure: str = ""  # "cpu-rss" or "cuda-max-allocated"
     flops_per_sample: float | None = None  # training FLOPs (3 × forward) per sample; null for text
+    parameters: int = 0  # of the whole classifier (backbone and head)
     mfu: float | None = None  # on GPU: model FLOP utilisation against the GPU's bf16 peak
 
 
@@ -312,6 +313,8 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         peak_memory_bytes=[int(p) for p in peaks.tolist()],
         memory_measure="cuda-max-allocated" if device.type == "cuda" else "cpu-rss",
         flops_per_sample=flops,
+        # ZeRO-3 keeps a shard of each parameter here; ds_numel is its full size
+        parameters=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         mfu=mfu(flops, per_worker, device),
     )
 
