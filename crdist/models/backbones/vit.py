@@ -2,8 +2,9 @@
 
 ``vit-b16``, ``vit-l16`` and ``vit-h14`` are torchvision's ViT-B/16, ViT-L/16 and ViT-H/14 (86 M,
 304 M and 632 M parameters at 224 px). ``vit-tiny`` and ``vit-small`` are DeiT's Ti and S widths
-(5.5 M and 21.7 M) with 4-pixel patches, sized for CPU runs on 28–32 px images; ``model.patch_size``
-gives any of them another patch (ViT-S/16 is ``vit-small`` with ``patch_size: 16``).
+(5.5 M and 21.7 M) with 4-pixel patches, sized for CPU runs on 28–32 px images; ``vit-s16`` is
+ViT-S/16, the same width as ``vit-small`` with 16-pixel patches. ``model.patch_size`` gives any of
+them another patch.
 
 A ViT is built for one image size (its position embeddings): the stream's. A torchvision ImageNet
 checkpoint (224 px) has its position embeddings interpolated to that size, as torchvision's
@@ -34,6 +35,7 @@ class ViTSize:
 SIZES = {
     "vit-tiny": ViTSize(patch=4, layers=12, heads=3, hidden=192, mlp=768),
     "vit-small": ViTSize(patch=4, layers=12, heads=6, hidden=384, mlp=1536),
+    "vit-s16": ViTSize(patch=16, layers=12, heads=6, hidden=384, mlp=1536),
     "vit-b16": ViTSize(patch=16, layers=12, heads=12, hidden=768, mlp=3072),
     "vit-l16": ViTSize(patch=16, layers=24, heads=16, hidden=1024, mlp=4096),
     "vit-h14": ViTSize(patch=14, layers=32, heads=16, hidden=1280, mlp=5120),
