@@ -137,7 +137,7 @@ def report_sweep(parent: Path, say=print) -> int:
         for r in agg.failed:
             say(f"failed {r.name}: {r.error}")
         return 1
-    text = write_aggregate(agg, parent / "report", sweep.name)
+    text = write_aggregate(agg, parent / "report", sweep.name, results)
     say(f"report written to {parent / 'report'}\n\n{text}")
     for r in agg.failed:
         say(f"\nfailed {r.name} (not in the means): {r.error}")

@@ -11,7 +11,7 @@ import pytest
 
 from crdist.bench.faults import checkpoint_at_least, wait_for
 from crdist.config import ConfigError
-from crdist.report.aggregate import RunResult, aggregate, spread
+from crdist.report.aggregate import RunResult, aggregate, spread, write_aggregate
 from crdist.sweep import load_sweep
 from tests.conftest import ROOT
 from tests.test_recovery import finish, finished_once
@@ -58,6 +58,39 @@ def test_the_aggregate_is_the_mean_and_sample_std_over_seeds_per_method_and_axis
     task1 = agg.final_accuracy[("sgd", ("cnn",), "knn")][0]
     assert (task1.mean, task1.std, task1.n) == (pytest.approx(0.6), pytest.approx(0.1), 3)
     assert spread([0.5]).text() == "0.500 ± n/a (1)"
+
+
+def _costs(seconds, samples_per_s, peaks, parameters=1_000_000, flops=2e9):
+    return [{"seconds": t, "samples_per_second_per_worker": v, "peak_memory_bytes": p, "parameters": parameters,
+             "flops_per_sample": flops} for t, v, p in zip(seconds, samples_per_s, peaks)]
+
+
+def test_the_scaling_table_gives_each_backbone_its_costs_per_run_then_over_seeds(tmp_path):
+    gib = 2**30
+    results = [
+        RunResult("a", {"seed": 0, "model.backbone": "cnn"}, {"sgd": _metrics(0.6, 0.3)}, {("sgd", "knn"): [0.5, 0.7]},
+                  costs={"sgd": _costs([10, 20], [100, 200], [[1 * gib, 2 * gib], [3 * gib, 1 * gib]])}),
+        RunResult("b", {"seed": 1, "model.backbone": "cnn"}, {"sgd": _metrics(0.8, 0.1)}, {("sgd", "knn"): [0.7, 0.9]},
+                  costs={"sgd": _costs([30, 40], [300, 400], [[1 * gib, 1 * gib], [1 * gib, 1 * gib]])}),
+        RunResult("c", {"seed": 0, "model.backbone": "vit"}, {"sgd": _metrics(0.9, 0.0)}, {("sgd", "knn"): [0.9, 0.9]},
+                  costs={"sgd": _costs([5, 5], [50, 50], [[4 * gib], [4 * gib]], parameters=86_000_000, flops=1e11)}),
+    ]
+    agg = aggregate(results, ["model.backbone", "seed"])
+    out = tmp_path / "report"
+    text = write_aggregate(agg, out, "scaling", results)
+    rows = {r["group"]["model.backbone"]: r for r in json.loads((out / "metrics.json").read_text())["scaling"]}
+    cnn = rows["cnn"]
+    # per run: seconds 15 and 35 → 25 ± √200; samples/s 150 and 350 → 250 ± √20000; peak: the largest
+    # rank of the largest task, 3 GiB and 1 GiB → 2 ± √2 GiB
+    assert (cnn["seconds_per_task"]["mean"], cnn["seconds_per_task"]["std"]) == (25, pytest.approx(200**0.5))
+    assert cnn["samples_per_second_per_worker"]["mean"] == 250
+    assert (cnn["peak_memory_bytes"]["mean"], cnn["peak_memory_bytes"]["std"]) == (2 * gib, pytest.approx(2**0.5 * gib))
+    assert cnn["protocols"]["knn"]["average_forgetting"]["mean"] == pytest.approx(0.2)
+    assert (rows["vit"]["parameters"], rows["vit"]["flops_per_sample"], rows["vit"]["seconds_per_task"]["n"]) == (
+        86_000_000, 1e11, 1)
+    assert "86.00 M" in text and "100.000" in text  # parameters and GFLOPs per sample in the printed table
+    assert (out / "scaling_forgetting.png").stat().st_size > 0 and (out / "scaling_throughput.png").stat().st_size > 0
+    assert "## Scaling" in (out / "report.md").read_text()
 
 
 def test_a_bad_axis_key_names_the_sweep_file_and_the_point(tmp_path):

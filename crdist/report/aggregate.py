@@ -28,6 +28,7 @@ class RunResult:
     values: dict  # axis → value
     metrics: dict | None = None  # the run's metrics.json: {method: {protocol: {metric: value}}}
     final_rows: dict | None = None  # {(method, protocol): the matrix's last row}
+    costs: dict | None = None  # {method: [its train jobs' summaries, task 1..T]} (crdist/report/scaling.py)
     error: str | None = None  # why it failed; None when it finished (or has not run)
 
 
@@ -104,7 +105,11 @@ def read_run(name: str, values: dict, run_dir: Path, error: str | None = None) -
             matrix_file = run_dir / "report" / f"matrix_{method}_{protocol}.json"
             if matrix_file.is_file():
                 final_rows[(method, protocol)] = json.loads(matrix_file.read_text())["accuracy"][-1]
-    return RunResult(name, values, metrics, final_rows)
+    costs = {}
+    for method in metrics:
+        summaries = sorted((run_dir / "models" / method).glob("c_*.train.json"), key=lambda p: int(p.stem.split("_")[1].split(".")[0]))
+        costs[method] = [json.loads(p.read_text()) for p in summaries]
+    return RunResult(name, values, metrics, final_rows, costs=costs)
 
 
 def table(agg: Aggregate) -> str:
@@ -122,11 +127,20 @@ def table(agg: Aggregate) -> str:
     return "\n".join(out)
 
 
-def write_aggregate(agg: Aggregate, out: Path, title: str) -> str:
-    """metrics.json, report.md and the two plots per protocol under ``out``; returns the table."""
+def write_aggregate(agg: Aggregate, out: Path, title: str, results: list[RunResult] = ()) -> str:
+    """metrics.json, report.md and the two plots per protocol under ``out`` (and, for a sweep over
+    backbones, the scaling table and its plots); returns the tables."""
+    from crdist.report.scaling import BACKBONE_AXIS, scaling_json, scaling_rows, scaling_table, write_scaling_plots
+
     out.mkdir(parents=True, exist_ok=True)
     text = table(agg)
+    scaling = scaling_rows(list(results), agg) if BACKBONE_AXIS in agg.group_axes else []
+    scaling_text, scaling_plots = "", []
+    if scaling:
+        scaling_text = scaling_table(scaling, agg.protocols)
+        scaling_plots = write_scaling_plots(scaling, agg.protocols, out, title)
     write_json(out / "metrics.json", {
+        "scaling": scaling_json(scaling),
         "group_axes": agg.group_axes,
         "rows": [{k: (_spread_json(v) if isinstance(v, Spread) else v) for k, v in r.items()} for r in agg.rows],
         "final_accuracy": [{"method": m, "group": dict(zip(agg.group_axes, key)), "protocol": p,
@@ -141,7 +155,14 @@ def write_aggregate(agg: Aggregate, out: Path, title: str) -> str:
             _plot_final_accuracy(agg, protocol, tmp, title)
         with atomic_path(out / f"forgetting_{protocol}.png") as tmp:
             _plot_forgetting(agg, protocol, tmp, title)
-    write_text(out / "report.md", _markdown(agg, title, text))
+    markdown = _markdown(agg, title, text)
+    if scaling:
+        markdown += "\n".join(["", "## Scaling", "",
+                               "Costs from the train jobs' summaries: per run the mean over its tasks (peak: the "
+                               "largest rank's largest task), then mean ± std over the seeds.", "",
+                               "```", scaling_text, "```", "", *[f"![{p}]({p})" for p in scaling_plots], ""])
+        text += "\n\nscaling\n" + scaling_text
+    write_text(out / "report.md", markdown)
     return text
 
 
