@@ -7,13 +7,13 @@ import torch
 
 from crdist.data.samples import TextDecoder, collate
 from crdist.evaluate.config import EvalConfig
-from crdist.evaluate.context import EvalContext
+from crdist.evaluate.context import EvalContext, in_batches
 from crdist.evaluate.protocols.finetune import finetuned_test_logits
 from crdist.evaluate.protocols.knn import knn_predict
 from crdist.models.classifier import build_classifier
 from crdist.models.config import ModelConfig
 from tests import fixtures
-from tests.conftest import study
+from tests.conftest import ROOT, study
 
 
 def unit(degrees: float) -> list[float]:
@@ -52,8 +52,8 @@ def test_finetuning_a_text_checkpoint_is_the_same_whatever_the_global_rng_holds(
     samples = [decode({"__key__": f"s{i}", "txt": t.encode(), "cls": str(i % 2).encode()})
                for i, t in enumerate(texts)]
     inputs, labels = collate(samples)
-    context = EvalContext(model=model, adapt_inputs=inputs, adapt_labels=labels, test_inputs=inputs,
-                          test_labels=labels, num_classes=2, seed=7,
+    context = EvalContext(model=model, adapt_inputs=inputs, adapt_labels=labels, test=in_batches(inputs, labels),
+                          num_classes=2, seed=7,
                           config=_config())
     torch.manual_seed(1)
     first = finetuned_test_logits(context)
@@ -101,3 +101,54 @@ def test_adapting_on_the_whole_train_split_streams_it_in_batches(tmp_path, digit
     assert [len(y) for _, y in batches] == [100, 100, 52]
     assert torch.equal(torch.cat([x for x, _ in batches]), whole_inputs)
     assert torch.equal(torch.cat([y for _, y in batches]), whole_labels)
+
+
+_EVAL_IN_A_FRESH_PROCESS = """
+import json, pickle, sys
+from pathlib import Path
+from crdist.evaluate.job import run_eval_job
+from crdist.train.usage import peak_memory_bytes
+import torch
+job = pickle.loads(Path(sys.argv[1]).read_bytes())
+# what the process holds before the evaluation (torch, crdist, the allocator's arenas)
+Path("/proc/self/clear_refs").write_text("5")
+before = peak_memory_bytes(torch.device("cpu"))
+result = run_eval_job(job)
+print(json.dumps({"before": before, **result}))
+"""
+
+
+def test_an_evaluation_on_a_split_larger_than_its_memory_bound_stays_within_it(tmp_path):
+    """9,000 test images of 3×64×64 decode to 442 MB of float32, 1.6× the 256 MiB bound; the
+    evaluation streams them, so its peak stays under the bound (about 150 MB here, most of it the
+    model, the decoders and the first forward pass). Holding the split whole took twice 442 MB;
+    streaming without handing freed heap pages back grew by half the split."""
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    from crdist.data.prepare import prepare
+    from crdist.evaluate.job import EvalJob
+    from crdist.models.weights import save_weights
+
+    fixtures.tinyimagenet(tmp_path / "raw", per_class=2, val_per_class=3000)
+    bound = 256 * 2**20
+    cfg = study(data={"benchmark": "seq-tinyimagenet", "root": str(tmp_path / "raw"), "shards": str(tmp_path / "shards"),
+                      "classes_per_task": 3, "adapt_per_class": 2},
+                model={"backbone": "vit-tiny", "patch_size": 64},  # one token: the compute is small
+                evaluate={"protocols": ["knn"], "memory_gib": bound / 2**30, "batch_size": 128})
+    manifest = prepare(cfg.data, log=lambda line: None)
+    test = manifest.task(1).splits["test"].count
+    assert test == 9000 and test * 3 * 64 * 64 * 4 > 1.6 * bound
+    weights = tmp_path / "c_0.safetensors"
+    save_weights(build_classifier(cfg.model, 3, 3, cfg.seed, image_size=64).state_dict(), weights)
+    job = EvalJob.from_study(cfg, checkpoint="c_0", row=0, task=1, weights=str(weights), shards=str(manifest.root),
+                             output=str(tmp_path / "eval.json"))
+    (tmp_path / "job.pickle").write_bytes(pickle.dumps(job))
+    out = subprocess.run([sys.executable, "-c", _EVAL_IN_A_FRESH_PROCESS, str(tmp_path / "job.pickle")],
+                         capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["test_samples"] == 9000 and 0.0 <= result["accuracy"]["knn"] <= 1.0
+    assert result["peak_memory_bytes"] - result["before"] < bound, (result["peak_memory_bytes"] - result["before"]) / 2**20

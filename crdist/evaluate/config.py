@@ -17,6 +17,11 @@ class EvalConfig:
     # (the paper's code, for both). Fine-tuning adaptation always uses the subset.
     adapt: Literal["subset", "train"] = "subset"
     cpus: float = 1.0  # Ray CPUs per evaluation task
+    gpus: float = 0.0  # Ray GPUs per evaluation task (0 = CPU only; a fraction shares a GPU)
+    # Ray memory reserved per evaluation task (null = none): what the scheduler keeps free for it.
+    # An evaluation streams its splits, so its peak is the model, one batch and the split's features.
+    memory_gib: float | None = None
+    batch_size: int = 256  # samples per batch when streaming a split through the backbone
     # Evaluations running at once. null = as many as fit beside one train job, so evaluations
     # never hold the CPUs that the next task's training is waiting for.
     concurrent: int | None = None
@@ -32,5 +37,9 @@ class EvalConfig:
             require(name in PROTOCOLS, f"protocols[{i}]", PROTOCOLS.unknown_message(name))
         require(len(set(self.protocols)) == len(self.protocols), "protocols", "lists a protocol more than once")
         require(self.cpus > 0, "cpus", f"must be positive (got {self.cpus})")
+        require(self.gpus >= 0, "gpus", f"must be non-negative, 0 = CPU only (got {self.gpus})")
+        require(self.memory_gib is None or self.memory_gib > 0, "memory_gib",
+                f"must be positive or null (got {self.memory_gib})")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
         require(self.concurrent is None or self.concurrent >= 1, "concurrent",
                 f"must be at least 1 or null (got {self.concurrent})")

@@ -1,6 +1,8 @@
 """One evaluation job: checkpoint c_i measured on task j by every protocol, written as JSON.
 
-Features of (c_i, task j) are computed once and shared by the protocols that use them.
+Features of (c_i, task j) are computed once and shared by the protocols that use them. The test
+split (and the train split, for evaluate.adapt: train) is streamed in batches; only the small
+adaptation subset is read whole. With evaluate.gpus the model runs on the job's GPU.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from crdist.evaluate.protocols import PROTOCOLS
 from crdist.models.classifier import build_classifier
 from crdist.models.config import ModelConfig
 from crdist.models.weights import load_into
+from crdist.errors import CrdistError
 from crdist.seeding import derive_seed
+from crdist.train.usage import peak_memory_bytes, reset_peak_memory
+
+
+class EvalError(CrdistError, RuntimeError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -50,25 +58,26 @@ class EvalJob:
 def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     started = time.perf_counter()
+    device = _device(job.evaluate)
+    reset_peak_memory(device)
     manifest = Manifest.load(job.shards)
     model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed,
                              image_size=manifest.image_size)
     load_into(model, job.weights)
-    model.eval()
+    model.eval().to(device)
     classes = manifest.task(job.task).classes
     decode = make_decoder(manifest, job.model)
     adapt_inputs, adapt_labels = read_split(manifest, job.task, "adapt", decode, job.stream_url)
-    test_inputs, test_labels = read_split(manifest, job.task, "test", decode, job.stream_url)
     context = EvalContext(
         model=model,
         adapt_inputs=adapt_inputs,
         adapt_labels=_task_local(adapt_labels, classes),
-        test_inputs=test_inputs,
-        test_labels=_task_local(test_labels, classes),
+        test=_streamed(manifest, job, "test", decode, classes),
         num_classes=len(classes),
         seed=_eval_seed(job.seed, job.row, job.task),
         config=job.evaluate,
-        bank=_train_split(manifest, job, decode, classes) if job.evaluate.adapt == "train" else None,
+        bank=_streamed(manifest, job, "train", decode, classes) if job.evaluate.adapt == "train" else None,
+        device=device,
     )
     accuracy = {name: PROTOCOLS.get(name)(context) for name in job.evaluate.protocols}
     result = {
@@ -78,17 +87,29 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         "accuracy": accuracy,
         "adapt_samples": len(adapt_labels),
         "bank_samples": len(context.bank_labels) if context.has_features() else None,
-        "test_samples": len(test_labels),
+        "test_samples": len(context.test_labels),
         "seconds": round(time.perf_counter() - started, 3),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "device": str(device),
     }
     write_json(Path(job.output), result)
     return result
 
 
-def _train_split(manifest: Manifest, job: EvalJob, decode, classes: list[int]):
-    """The task's whole train split, streamed, for kNN's bank and the linear probe."""
+def _device(cfg: EvalConfig) -> torch.device:
+    if cfg.gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise EvalError(f"evaluate.gpus is {cfg.gpus:g}, but this evaluation process sees no GPU "
+                        "(torch.cuda.is_available() is False); set evaluate.gpus: 0 to evaluate on CPUs")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _streamed(manifest: Manifest, job: EvalJob, split: str, decode, classes: list[int]):
+    """A split, streamed in batches of evaluate.batch_size with task-local labels, one pass per call."""
     def batches():
-        for inputs, labels in stream_split(manifest, job.task, "train", decode, job.stream_url):
+        for inputs, labels in stream_split(manifest, job.task, split, decode, job.stream_url,
+                                           batch_size=job.evaluate.batch_size):
             yield inputs, _task_local(labels, classes)
 
     return batches

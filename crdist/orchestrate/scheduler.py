@@ -218,8 +218,15 @@ class Scheduler:
         free = self.eval_slots() - sum(job.kind == "eval" for job in self.pending.values())
         for _ in range(min(free, len(self.waiting_evals))):
             job, eval_job = self.waiting_evals.popleft()
-            ref = run_eval_job.options(num_cpus=cpus).remote(eval_job, max(1, int(cpus)))
+            ref = run_eval_job.options(**self.eval_resources()).remote(eval_job, max(1, int(cpus)))
             self.pending[ref] = job
+
+    def eval_resources(self) -> dict:
+        cfg = self.study.evaluate
+        resources = {"num_cpus": cfg.cpus, "num_gpus": cfg.gpus}
+        if cfg.memory_gib:
+            resources["memory"] = int(cfg.memory_gib * 2**30)
+        return resources
 
     def eval_slots(self) -> int:
         """How many evaluations may run at once. Ray has no priorities: evaluations submitted

@@ -41,6 +41,22 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_freed_memory() -> None:
+    """Hand the pages that freed objects left in glibc's heap back to the system.
+
+    Decoding a stream allocates and frees one image after another (each below glibc's mmap
+    threshold, so on its heap) between the small tensors that are kept (features, labels); the kept
+    ones pin the freed space, and the resident set grew by about half the decoded split (23 KB per
+    64×64 image) until ``malloc_trim`` was called. No-op where glibc is not the allocator.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def training_flops_per_sample(model_cfg, manifest) -> float | None:
     """3 × the forward FLOPs of one sample; None for text backbones (their cost depends on the tokens)."""
     if manifest.modality != "image":

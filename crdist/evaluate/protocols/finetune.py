@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crdist.config import require
-from crdist.data.samples import take
+from crdist.data.samples import take, to_device
 from crdist.evaluate.context import EvalContext
-from crdist.evaluate.features import extract_features
 from crdist.evaluate.protocols import PROTOCOLS
 
 
@@ -31,13 +30,13 @@ class FinetuneConfig:
 
 @PROTOCOLS.register("finetune")
 def finetune(context: EvalContext) -> float:
-    logits = finetuned_test_logits(context)
-    return (logits.argmax(dim=1) == context.test_labels).float().mean().item()
+    logits, labels = finetuned_test_logits(context, with_labels=True)
+    return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-def finetuned_test_logits(context: EvalContext) -> torch.Tensor:
-    """The test split's logits after fine-tuning; a function of the checkpoint, the data and the
-    evaluation seed alone."""
+def finetuned_test_logits(context: EvalContext, with_labels: bool = False):
+    """The test split's logits after fine-tuning (on the CPU), streamed; a function of the
+    checkpoint, the data and the evaluation seed alone. With ``with_labels``: (logits, labels)."""
     cfg = context.config.finetune
     # Dropout (text backbones) draws from the global RNG: seed it too, or two evaluations of one
     # checkpoint differ.
@@ -49,15 +48,17 @@ def finetuned_test_logits(context: EvalContext) -> torch.Tensor:
         bound = 1.0 / context.model.feature_dim**0.5
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.uniform_(-bound, bound, generator=generator)
-    model = nn.Sequential(backbone, head)
+    model = nn.Sequential(backbone, head).to(context.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     inputs, labels = context.adapt_inputs, context.adapt_labels
     model.train()
     for _ in range(cfg.steps):
         batch = torch.randperm(len(labels), generator=generator)[: cfg.batch_size]
-        loss = F.cross_entropy(model(take(inputs, batch)), labels[batch])
+        loss = F.cross_entropy(model(to_device(take(inputs, batch), context.device)), labels[batch].to(context.device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    features, test_labels = context.test_features(backbone)
     with torch.no_grad():
-        return head(extract_features(backbone, context.test_inputs))
+        logits = head.cpu()(features)
+    return (logits, test_labels) if with_labels else logits
