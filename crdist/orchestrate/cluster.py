@@ -108,6 +108,11 @@ def ray_cluster(study, address: str | None, say) -> Iterator[str]:
                 f"train.use_gpu is set and a train job needs {train.workers} GPUs, "
                 f"but the Ray cluster has {resources.get('GPU', 0):g}"
             )
+        if evaluate.gpus > 0 and resources.get("GPU", 0) < evaluate.gpus:
+            raise ClusterError(
+                f"evaluate.gpus is {evaluate.gpus:g} per evaluation, but the Ray cluster has "
+                f"{resources.get('GPU', 0):g} GPUs; set evaluate.gpus: 0 to evaluate on CPUs"
+            )
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         say(f"ray    {description} ({nodes} node{'s' if nodes != 1 else ''}, {available:g} CPUs)")
         yield description
