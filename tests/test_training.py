@@ -89,13 +89,4 @@ def test_lpft_switches_from_probe_to_finetuning_with_a_restarted_schedule(tmp_pa
     assert events[probe]["lr"] == job.train.lr
     before, after = load_weights(job.init_weights), load_weights(job.output)
     assert not torch.equal(before["backbone.0.weight"], after["backbone.0.weight"])
-    # What the job cost: each rank's peak resident set (a process with torch loaded: > 100 MiB)
-    assert summary["memory_measure"] == "cpu-rss" and len(summary["peak_memory_bytes"]) == 2
-    assert all(100 * 2**20 < peak < 8 * 2**30 for peak in summary["peak_memory_bytes"])
-    assert summary["samples_per_second_per_worker"] == pytest.approx(summary["samples_per_second"] / 2)
-    # small-cnn on 1×8×8 digits, by hand: 2·(9·1·32·64 + 9·32·64·64 + 9·64·128·16 + 128·10) multiply-adds
-    # per forward (the third convolution runs after a 2×2 max-pool), × 3 for training
-    assert summary["flops_per_sample"] == 3 * 2 * (9 * 32 * 64 + 9 * 32 * 64 * 64 + 9 * 64 * 128 * 16 + 128 * 10)
-    assert summary["mfu"] is None  # CPU
-    assert summary["parameters"] == sum(t.numel() for k, t in after.items() if "running" not in k and "num_batches" not in k)
     assert not torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"])  # BN trains again

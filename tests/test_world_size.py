@@ -37,16 +37,19 @@ def _rank_main(rank: int, world: int, port: int, jobs: list[list[TrainJob]]) -> 
             GradientState._reset_state()
 
 
-def _train(tmp_path, shards, world: int) -> dict[str, list]:
+def _train(tmp_path, shards, world: int, accumulate: bool = False) -> dict[str, list]:
+    """``world`` ranks with the global batch of GLOBAL_BATCH: each rank's batch is its share, or
+    with ``accumulate`` half of it, accumulated over two micro-batches (train.global_batch)."""
+    batch = GLOBAL_BATCH // world // (2 if accumulate else 1)
     cfg = study(
         data={"shards": str(shards)},
         model={"backbone": "small-cnn-gn"},
-        train={"methods": DETERMINISTIC, "workers": world, "batch_size": GLOBAL_BATCH // world, "zero_stage": 2,
-               "max_steps": 12, "data_order": "global", "loader_workers": 1},
+        train={"methods": DETERMINISTIC, "workers": world, "batch_size": batch, "zero_stage": 2,
+               "global_batch": GLOBAL_BATCH, "max_steps": 12, "data_order": "global", "loader_workers": 1},
         lpft={"probe_fraction": 0.5},
         ewc={"fisher_samples": 64},
     )
-    out = tmp_path / f"world-{world}"
+    out = tmp_path / f"world-{world}{'-accumulating' if accumulate else ''}"
     out.mkdir()
     c0 = out / "c_0.safetensors"
     save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), c0)
@@ -83,9 +86,20 @@ def test_one_rank_and_two_ranks_train_to_the_same_weights(method, world_size_run
         assert gap <= TOLERANCE, f"c_{task + 1}: {gap:.2e}"
 
 
+@pytest.mark.parametrize("method", DETERMINISTIC)
+def test_one_rank_accumulating_two_micro_batches_trains_as_two_ranks_do(method, world_size_runs):
+    """train.global_batch on 1 rank with half the batch: two micro-batches per step."""
+    one, two = world_size_runs["1-accumulating"][method], world_size_runs[2][method]
+    c0 = world_size_runs["c0"]
+    for task in (0, 1):
+        gap = relative_difference(one[task], two[task], c0)
+        assert gap <= TOLERANCE, f"c_{task + 1}: {gap:.2e}"
+
+
 @pytest.fixture(scope="module")
 def world_size_runs(tmp_path_factory, digits_shards, deepspeed_cpu_op):
     tmp = tmp_path_factory.mktemp("world-size")
     runs = {world: _train(tmp, digits_shards, world) for world in (1, 2)}
+    runs["1-accumulating"] = _train(tmp, digits_shards, 1, accumulate=True)
     runs["c0"] = load_weights(tmp / "world-1" / "c_0.safetensors")
     return runs

@@ -99,7 +99,8 @@ class TaskCheckpoints:
         complete = [p for p in self._complete() if p.is_dir()]
         return complete[-1] if complete else None
 
-    def save(self, engine, position: Position, rank: int, world: int, barrier, method_state: dict | None = None) -> Path:
+    def save(self, engine, position: Position, rank: int, world: int, barrier, method_state: dict | None = None,
+             accumulation: int = 1) -> Path:
         """Every rank calls this at the same step; returns the finished checkpoint directory.
         ``method_state``: this rank's method state (replay buffer, importances), saved beside it."""
         name = f"step-{position.step:06d}"
@@ -120,7 +121,8 @@ class TaskCheckpoints:
         barrier()
         if rank == 0:
             _fsync_tree(partial)
-            write_json(partial / COMPLETE, {"step": position.step, "world": world, "time": time.time()})
+            write_json(partial / COMPLETE, {"step": position.step, "world": world, "accumulation": accumulation,
+                                            "time": time.time()})
             os.rename(partial, final)
             fsync_dir(self.directory)
             write_text(self.directory / LATEST, name)
@@ -128,7 +130,7 @@ class TaskCheckpoints:
         barrier()
         return final
 
-    def load(self, engine, rank: int, world: int) -> Position | None:
+    def load(self, engine, rank: int, world: int, accumulation: int = 1) -> Position | None:
         """Restore the newest complete checkpoint into ``engine``; None when there is none.
 
         Rank 0 chooses the checkpoint and tells the others, so every rank loads the same one even

@@ -18,6 +18,11 @@ class TrainConfig:
     # Cap on steps per task (for short runs); null = every step of every epoch.
     max_steps: int | None = None
     batch_size: int = 16  # per worker
+    # Samples per optimizer step over all workers; null = batch_size × workers. When set, each
+    # worker accumulates global_batch / (batch_size × workers) micro-batches per step, so the
+    # global batch stays the same on any number of workers: a run may then resume on fewer (or
+    # more) workers than it started with (train.workers becomes an execution setting).
+    global_batch: int | None = None
     lr: float = 0.003
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = 0.9  # sgd only
@@ -54,6 +59,9 @@ class TrainConfig:
         require(self.epochs >= 1, "epochs", f"must be at least 1 (got {self.epochs})")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
         require(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
+        require(self.global_batch is None or self.global_batch % (self.batch_size * self.workers) == 0,
+                "global_batch", f"must be a multiple of train.batch_size × train.workers = "
+                f"{self.batch_size} × {self.workers} = {self.batch_size * self.workers} (got {self.global_batch})")
         require(self.lr > 0, "lr", f"must be positive (got {self.lr})")
         require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1) (got {self.momentum})")
         require(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov",
@@ -67,3 +75,15 @@ class TrainConfig:
         require(self.max_failures >= 0, "max_failures", f"must be non-negative (got {self.max_failures})")
         require(self.max_preemption_failures >= -1, "max_preemption_failures",
                 f"must be -1 (no limit) or non-negative (got {self.max_preemption_failures})")
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches each of ``world`` workers accumulates per optimizer step."""
+        if self.global_batch is None:
+            return 1
+        per_pass = self.batch_size * world
+        if self.global_batch % per_pass:
+            from crdist.config import ConfigError
+
+            raise ConfigError(f"train.global_batch={self.global_batch} is not a multiple of train.batch_size × "
+                              f"workers = {self.batch_size} × {world}; choose a worker count that divides it")
+        return self.global_batch // per_pass

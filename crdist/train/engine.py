@@ -36,10 +36,13 @@ os.environ.setdefault(
 
 
 def deepspeed_config(cfg: TrainConfig, world: int) -> dict:
+    accumulation = cfg.accumulation(world)
     return {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "train_batch_size": cfg.batch_size * world,
-        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.batch_size * world * accumulation,
+        # The worker marks the boundaries itself (set_gradient_accumulation_boundary); DeepSpeed
+        # divides each micro-batch's loss by this count, so a step's gradient is the global mean.
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
         # torch.optim.AdamW: DeepSpeed's own Adam kernels JIT-compile for minutes on first use.

@@ -151,7 +151,7 @@ class _Run:
     optimizer: object
     method: Method
     stream: RankStream
-    steps_per_epoch: list[int]
+    steps_per_epoch: list[int]  # optimizer steps; each takes ``accumulation`` batches of the stream
     total_steps: int
     phases: list[Phase]
     world: int
@@ -159,6 +159,7 @@ class _Run:
     checkpoints: TaskCheckpoints
     start: Position  # where this attempt begins: step 0, or the latest checkpoint
     manifest: Manifest
+    accumulation: int = 1  # micro-batches per optimizer step on this rank (train.global_batch)
 
 
 def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
@@ -192,7 +193,10 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         classes_so_far=tuple(c for t in manifest.tasks if t.index <= job.task for c in t.classes),
     )
     method = build_method(job.method, context, job.method_config)
-    steps_per_epoch = [stream.steps_in_epoch(e) for e in range(train.epochs)]
+    accumulation = train.accumulation(world)
+    # An epoch's last micro-batches that cannot fill a whole step are left out, as a partial last
+    # batch is: the same global batches on any number of workers.
+    steps_per_epoch = [stream.steps_in_epoch(e) // accumulation for e in range(train.epochs)]
     available = min(sum(steps_per_epoch), train.max_steps or sum(steps_per_epoch))
     phases = [p for p in method.phases(available) if p.steps > 0]
     total = sum(p.steps for p in phases)  # a method may train for fewer steps (frozen: none)
@@ -202,7 +206,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     optimizer = make_optimizer(model, train)
     model, optimizer = accelerator.prepare(model, optimizer)
     checkpoints = TaskCheckpoints(job.checkpoints, keep=job.checkpoint.keep)
-    start = checkpoints.load(model, rank, world) or Position(step=0, epoch=0, batch_in_epoch=0)
+    start = checkpoints.load(model, rank, world, accumulation) or Position(step=0, epoch=0, batch_in_epoch=0)
     if start.step:
         log.info("%s: resuming from the checkpoint at step %d (epoch %d, batch %d)", job.label, start.step,
                  start.epoch, start.batch_in_epoch)
@@ -213,7 +217,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
             method.load_state_dict(carried)
         method.start_task(model)
     return _Run(accelerator, model, optimizer, method, stream, steps_per_epoch, total, phases, world, rank,
-                checkpoints, start, manifest)
+                checkpoints, start, manifest, accumulation)
 
 
 def _on_device(batches, device):
@@ -236,29 +240,38 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         stopped = True
     started = time.perf_counter()
     window = _ThroughputWindow(started)
+    accumulation = run.accumulation
+    step_losses: list[torch.Tensor] = []  # this step's micro-batch losses
     for epoch in range(run.start.epoch, len(run.steps_per_epoch) if not stopped else 0):
         # Resuming mid-epoch replays the epoch's deterministic stream up to the saved position.
         skip = run.start.batch_in_epoch if epoch == run.start.epoch else 0
+        batches_used = run.steps_per_epoch[epoch] * accumulation
         for batch_in_epoch, (images, labels) in enumerate(run.stream.batches(epoch), start=1):
             if batch_in_epoch <= skip:
                 continue
-            if step >= run.total_steps or stopped:
+            if step >= run.total_steps or stopped or batch_in_epoch > batches_used:
                 break
             phase, step_in_phase = schedule[step]
-            if step_in_phase == 0:
+            first_micro_batch = (batch_in_epoch - 1) % accumulation == 0
+            if step_in_phase == 0 and first_micro_batch:
                 _enter_phase(model, optimizer, phase, step_in_phase, resumed=False)
             lr = lr_at(step_in_phase, phase.steps, phase.lr, cfg.warmup_fraction, cfg.schedule)
-            # Before backward: with DeepSpeed, accelerator.backward also runs the optimizer step
-            # (optimizer.step() and zero_grad() below are then no-ops kept for other engines).
+            # Before backward: with DeepSpeed, the backward of a step's last micro-batch also runs
+            # the optimizer step.
             set_learning_rates(optimizer, backbone_lr=lr if phase.train_backbone else 0.0, head_lr=lr)
             loss = run.method.loss(model, to_device(images, accelerator.device), labels.to(accelerator.device), phase)
-            _backward_and_step(run, loss, lr if phase.train_backbone else 0.0)
+            boundary = batch_in_epoch % accumulation == 0
+            _backward_and_step(run, loss, lr if phase.train_backbone else 0.0, boundary)
             run.method.after_step()
-            step += 1
             window.add(len(labels) * run.world)
+            step_losses.append(loss.detach().float())
+            if not boundary:
+                continue
+            step += 1
+            step_loss, step_losses = torch.stack(step_losses).mean(), []
             if step % cfg.log_every == 0 or step in (1, run.total_steps):
                 # The mean over ranks is a collective: every rank reaches this line at the same steps.
-                losses.append(accelerator.reduce(loss.detach().float(), reduction="mean").item())
+                losses.append(accelerator.reduce(step_loss, reduction="mean").item())
                 _report(accelerator, report, {
                     "kind": "train",
                     "job": job.label,
@@ -277,7 +290,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
             if save:
                 position = Position.capture(step, *_next_batch(run, epoch, batch_in_epoch), losses)
                 saved = run.checkpoints.save(model, position, run.rank, run.world, accelerator.wait_for_everyone,
-                                             method_state=run.method.state_dict())
+                                             method_state=run.method.state_dict(), accumulation=accumulation)
                 policy.saved()
                 log.info("%s: checkpoint %s", job.label, saved)
                 _report(accelerator, report, {"kind": "checkpoint", "job": job.label, "method": job.method,
@@ -292,7 +305,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         run.method.end_task(model)  # every rank: it may all-reduce (a Fisher, an importance)
     state_bytes = run.method.state_bytes()
     log.info("%s: the method holds %.1f KiB on rank %d (buffers, importances)", job.label, state_bytes / 1024, run.rank)
-    per_worker = trained * cfg.batch_size / max(seconds, 1e-9)
+    per_worker = trained * cfg.batch_size * accumulation / max(seconds, 1e-9)
     device = accelerator.device
     # Every rank's peak, gathered (a collective: every rank reaches this line).
     peaks = accelerator.gather(torch.tensor([peak_memory_bytes(device)], dtype=torch.int64, device=device))
@@ -305,7 +318,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
         first_loss=losses[0] if losses else float("nan"),
         final_loss=losses[-1] if losses else float("nan"),
         seconds=seconds,
-        samples_per_second=trained * cfg.batch_size * run.world / max(seconds, 1e-9),
+        samples_per_second=per_worker * run.world,
         resumed_from=run.start.step or None,
         stopped=stopped,
         method_state_bytes=state_bytes,
@@ -333,29 +346,38 @@ def _buffers_from_rank0(model) -> None:
         torch.distributed.broadcast(buffer.data, src=0)
 
 
-def _backward_and_step(run: _Run, loss, lr: float) -> None:
-    """Backward and the optimizer step. With DeepSpeed, ``accelerator.backward`` runs both.
+def _backward_and_step(run: _Run, loss, lr: float, boundary: bool = True) -> None:
+    """Backward of one micro-batch, and the optimizer step at the last micro-batch of a step
+    (``boundary``), where DeepSpeed reduces the accumulated gradients across ranks.
 
-    For a method with a gradient hook the engine's backward and step are driven apart: after the
-    backward, DeepSpeed holds the gradient averaged over ranks (partitioned under ZeRO-1/2); the
-    method gets it whole (``safe_get_full_grad``, a collective per parameter), and what it returns
-    goes back into the partitions (``safe_set_full_grad``) before the step clips and applies it.
+    The engine is driven directly, not through ``accelerator.backward``: Accelerate marks every
+    call a boundary unless its own ``accumulate`` context counts the micro-batches, and crdist
+    counts them itself (its checkpoints and resumes are at step boundaries).
+
+    For a method with a gradient hook, after the boundary's backward DeepSpeed holds the gradient
+    averaged over ranks (partitioned under ZeRO-1/2); the method gets it whole
+    (``safe_get_full_grad``, a collective per parameter), and what it returns goes back into the
+    partitions (``safe_set_full_grad``) before the step clips and applies it.
     """
-    if not run.method.hooks_gradients:
-        run.accelerator.backward(loss)
-        run.optimizer.step()
+    engine = run.model
+    if run.accumulation == 1 and not run.method.hooks_gradients:
+        run.accelerator.backward(loss)  # with DeepSpeed: backward and step
+        run.optimizer.step()  # no-ops under DeepSpeed, kept for other engines
         run.optimizer.zero_grad()
         return
-    from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
-
-    engine = run.model
+    engine.set_gradient_accumulation_boundary(boundary)
     engine.backward(loss)
-    params = [p for _, p in trainable(engine)]
-    grads = [safe_get_full_grad(p) for p in params]
-    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-    for p, before, after in zip(params, grads, run.method.on_gradients(engine, grads, lr)):
-        if after is not before:
-            safe_set_full_grad(p, after)
+    if not boundary:
+        return
+    if run.method.hooks_gradients:
+        from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+        params = [p for _, p in trainable(engine)]
+        grads = [safe_get_full_grad(p) for p in params]
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+        for p, before, after in zip(params, grads, run.method.on_gradients(engine, grads, lr)):
+            if after is not before:
+                safe_set_full_grad(p, after)
     engine.step()
 
 
@@ -373,7 +395,7 @@ def load_method_state(directory: str | None, rank: int, world: int) -> dict | No
 
 def _next_batch(run: _Run, epoch: int, batch_in_epoch: int) -> tuple[int, int]:
     """(epoch, batches consumed) of the position just after this batch."""
-    if batch_in_epoch >= run.steps_per_epoch[epoch]:
+    if batch_in_epoch >= run.steps_per_epoch[epoch] * run.accumulation:
         return epoch + 1, 0
     return epoch, batch_in_epoch
 
