@@ -42,6 +42,14 @@ def _validate(self) -> None:
                 f"use train.zero_stage {max(method.zero_stages)} or lower, or leave {name} out of train.methods")
 
 
+    if self.train.activation_checkpointing:
+        from crdist.models.backbones import BACKBONES
+
+        require(BACKBONES.get(self.model.backbone).blocks is not None, "train.activation_checkpointing",
+                f"backbone {self.model.backbone} has no blocks to checkpoint; the ResNets, DenseNet-121 and "
+                "the ViTs have")
+
+
 def _method_config(self, name: str):
     """The config section of method ``name`` (None for a method without options)."""
     return getattr(self, name, None) if name in method_sections() else None

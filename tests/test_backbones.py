@@ -132,3 +132,26 @@ def test_a_checkpoint_that_does_not_fit_says_where(tmp_path):
         load_pretrained(r18.backbone, "resnet18", tmp_path / "missing.pth")
     with pytest.raises(WeightsError, match="no torchvision checkpoints"):
         load_pretrained(build_classifier(ModelConfig(), 1, 10, seed=0).backbone, "small-cnn", tmp_path / "r18.pth")
+
+
+@pytest.mark.parametrize("name", ["vit-tiny", "resnet18-cifar", "densenet121"])
+def test_activation_checkpointing_gives_the_same_gradients(name):
+    from crdist.models import activation_checkpointing
+
+    size = 32 if name == "densenet121" else 16
+    images, labels = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    grads = []
+    for recompute in (False, True):
+        model = build_classifier(ModelConfig(backbone=name), 3, num_classes=4, seed=0, image_size=size)
+        if recompute:
+            assert activation_checkpointing.enable(model.backbone, name) > 0
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))
+
+
+def test_activation_checkpointing_needs_a_backbone_with_blocks():
+    from tests.conftest import study
+
+    with pytest.raises(ConfigError, match="small-cnn has no blocks to checkpoint"):
+        study(train={"activation_checkpointing": True})

@@ -162,4 +162,8 @@ def _results_part(study: dict) -> str:
         for key in path[:-1]:
             node = node.get(key, {})
         node.pop(path[-1], None)
+    if trimmed.get("train", {}).get("global_batch") is not None:
+        # A fixed global batch is accumulated on any number of workers: the worker count is where
+        # the run executes (a preempted run may come back on fewer), not what it computes.
+        trimmed["train"].pop("workers", None)
     return yaml.safe_dump(trimmed, sort_keys=False)

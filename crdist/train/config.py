@@ -32,6 +32,9 @@ class TrainConfig:
     warmup_fraction: float = 0.1  # of each phase
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Recompute each backbone block's activations in the backward pass instead of keeping them
+    # (crdist/models/activation_checkpointing.py): less memory for about one more forward of compute.
+    activation_checkpointing: bool = False
     loader_workers: int = 2  # WebDataset loader processes per worker
     shuffle_buffer: int = 256
     # Which samples a worker trains on (crdist/data/stream.py): "sharded" = each worker streams its own

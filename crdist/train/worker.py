@@ -21,6 +21,7 @@ from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder, to_device
 from crdist.data.stream import RankStream, StreamSpec
 from crdist.methods.base import Method, MethodContext, Phase, build_method, method_class, trainable
+from crdist.models import activation_checkpointing
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_into, save_weights
 from crdist.seeding import derive_seed
@@ -171,6 +172,9 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed,
                              image_size=manifest.image_size)
     load_into(model, job.init_weights)
+    if train.activation_checkpointing:
+        blocks = activation_checkpointing.enable(model.backbone, job.model.backbone)
+        log.info("%s: activation checkpointing in %d blocks", job.label, blocks)
     spec = StreamSpec(
         task=job.task,
         split="train",

@@ -9,7 +9,9 @@ Each builder carries what the rest of crdist asks of it:
 
 - ``modality``: "image" or "text", the inputs it takes;
 - ``pretrained_keys``: how a torchvision ImageNet checkpoint's keys map onto the module's
-  (``crdist/models/pretrained.py``), or None where no such checkpoint exists.
+  (``crdist/models/pretrained.py``), or None where no such checkpoint exists;
+- ``blocks``: the module's repeated blocks, whose activations ``train.activation_checkpointing``
+  recomputes in the backward pass instead of keeping them (None: the backbone has no such option).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ BACKBONES: Registry = Registry("backbone")
 KeyMapping = Callable[[dict, "nn.Module"], dict]
 
 
-def backbone(name: str, modality: str = "image", pretrained_keys: KeyMapping | None = None):
+def backbone(name: str, modality: str = "image", pretrained_keys: KeyMapping | None = None,
+             blocks: Callable[[nn.Module], list[nn.Module]] | None = None):
     def add(builder):
         builder.modality = modality
         builder.pretrained_keys = pretrained_keys
+        builder.blocks = blocks
         return BACKBONES.register(name)(builder)
 
     return add

@@ -27,7 +27,13 @@ def _torchvision_keys(state: dict, module: nn.Module) -> dict:
     return renamed
 
 
-@backbone("densenet121", pretrained_keys=_torchvision_keys)
+def _dense_blocks(net: nn.Module) -> list[nn.Module]:
+    # Whole dense blocks, not their layers: a layer's input is the block's list of features so
+    # far, which grows after the call, so recomputing a layer later would see the wrong list.
+    return [m for m in net.modules() if isinstance(m, torchvision.models.densenet._DenseBlock)]
+
+
+@backbone("densenet121", pretrained_keys=_torchvision_keys, blocks=_dense_blocks)
 def densenet121(in_channels: int, model_cfg=None, image_size: int | None = None) -> tuple[nn.Module, int]:
     net = torchvision.models.densenet121(weights=None)
     if in_channels != 3:

@@ -28,10 +28,14 @@ def _resnet(depth: int, in_channels: int, cifar_stem: bool) -> tuple[nn.Module, 
     return net, feature_dim
 
 
+def _blocks(net: nn.Module) -> list[nn.Module]:
+    return [block for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for block in layer]
+
+
 def _register(depth: int, cifar_stem: bool) -> None:
     name = f"resnet{depth}" + ("-cifar" if cifar_stem else "")
 
-    @backbone(name, pretrained_keys=without_prefix("fc."))
+    @backbone(name, pretrained_keys=without_prefix("fc."), blocks=_blocks)
     def build(in_channels: int, model_cfg=None, image_size: int | None = None) -> tuple[nn.Module, int]:
         return _resnet(depth, in_channels, cifar_stem)
 

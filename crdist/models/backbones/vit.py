@@ -72,7 +72,7 @@ def _build(name: str, in_channels: int, model_cfg, image_size: int | None) -> tu
 
 
 def _register(name: str) -> None:
-    @backbone(name, pretrained_keys=_torchvision_keys)
+    @backbone(name, pretrained_keys=_torchvision_keys, blocks=lambda net: list(net.encoder.layers))
     def build(in_channels: int, model_cfg=None, image_size: int | None = None) -> tuple[nn.Module, int]:
         return _build(name, in_channels, model_cfg, image_size)
 
