@@ -57,6 +57,7 @@ def test_zero2_through_accelerate_trains_two_processes_and_the_loss_goes_down(tm
     # What the job cost: each rank's peak resident set (a process with torch loaded: > 100 MiB)
     assert summary["memory_measure"] == "cpu-rss" and len(summary["peak_memory_bytes"]) == 2
     assert all(100 * 2**20 < peak < 8 * 2**30 for peak in summary["peak_memory_bytes"])
+    assert all(0 < start <= peak for start, peak in zip(summary["start_memory_bytes"], summary["peak_memory_bytes"]))
     assert summary["samples_per_second_per_worker"] == pytest.approx(summary["samples_per_second"] / 2)
     # small-cnn on 1×8×8 digits, by hand: 2·(9·1·32·64 + 9·32·64·64 + 9·64·128·16 + 128·10) multiply-adds
     # per forward (the third convolution runs after a 2×2 max-pool), × 3 for training

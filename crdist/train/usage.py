@@ -27,6 +27,18 @@ def reset_peak_memory(device: torch.device) -> None:
         pass  # elsewhere the peak is the process's since it started
 
 
+def current_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -39,6 +51,23 @@ def peak_memory_bytes(device: torch.device) -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def return_large_frees_to_the_system() -> None:
+    """Allocate blocks of 128 KiB and more with mmap, so freeing them returns them to the system.
+
+    glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB), after
+    which parameter- and gradient-sized temporaries land on its heap and stay in the resident set
+    when freed. The peak is reached inside a step, so trimming between steps cannot help. Under
+    ZeRO-3 this held about 626 MiB per rank for ViT-B/16 on 2 CPU ranks. No-op where glibc is not
+    the allocator. (mallopt's M_MMAP_THRESHOLD is -3.)
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def release_freed_memory() -> None:

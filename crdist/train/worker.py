@@ -31,7 +31,8 @@ from crdist.train.config import TrainConfig
 from crdist.train.engine import make_accelerator, make_optimizer, reset_optimizer_state, set_learning_rates
 from crdist.train.policy import CheckpointPolicy, PreemptionNotice, StopWatcher
 from crdist.train.schedule import lr_at
-from crdist.train.usage import mfu, peak_memory_bytes, reset_peak_memory, training_flops_per_sample
+from crdist.train.usage import (current_memory_bytes, mfu, peak_memory_bytes, reset_peak_memory,
+                                return_large_frees_to_the_system, training_flops_per_sample)
 
 log = logging.getLogger("crdist.train")
 
@@ -87,6 +88,8 @@ class TaskResult:
     # Per rank: resident set high-water mark on CPU, CUDA max allocated on GPU (crdist/train/usage.py).
     peak_memory_bytes: list[int] = field(default_factory=list)
     memory_measure: str = ""  # "cpu-rss" or "cuda-max-allocated"
+    # Per rank, when the job started: the process after its imports (what the peak grew from).
+    start_memory_bytes: list[int] = field(default_factory=list)
     flops_per_sample: float | None = None  # training FLOPs (3 × forward) per sample; null for text
     parameters: int = 0  # of the whole classifier (backbone and head)
     mfu: float | None = None  # on GPU: model FLOP utilisation against the GPU's bf16 peak
@@ -113,7 +116,10 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
     lock = JobLock(Path(job.checkpoints)) if rank == 0 else None
     try:
         log.info("%s: rank %d of %d, pid %d", job.label, rank, world, os.getpid())
+        if not job.train.use_gpu:
+            return_large_frees_to_the_system()
         accelerator = make_accelerator(job.train, world)
+        start_memory = current_memory_bytes(accelerator.device)
         reset_peak_memory(accelerator.device)
         if agree(Path(job.output).is_file()):  # a restart after the job had already finished
             log.info("%s: already finished, weights in %s", job.label, job.output)
@@ -125,6 +131,8 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
         notice = PreemptionNotice(preemption_info, poll) if preemption_info is not None and poll > 0 else None
         policy = CheckpointPolicy(job.checkpoint, stop, notice)
         result = _fit(run, job, report, policy)
+        starts = accelerator.gather(torch.tensor([start_memory], dtype=torch.int64, device=accelerator.device))
+        result.start_memory_bytes = [int(m) for m in starts.tolist()]
         if not result.stopped:
             _save(run, job, result)
         return result
