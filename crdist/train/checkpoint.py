@@ -92,6 +92,7 @@ class TaskCheckpoints:
         self.directory = Path(directory)
         self.keep = keep
         self.loaded: Path | None = None  # the checkpoint ``load`` restored
+        self.resharded_from: int | None = None  # the worker count that wrote it, when another
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint. The ``latest`` file is for people and tools: a kill
@@ -140,27 +141,48 @@ class TaskCheckpoints:
         if chosen is None:
             return None
         checkpoint = self.directory / chosen
-        position_file = checkpoint / f"position-rank{rank}.json"
+        written = json.loads((checkpoint / COMPLETE).read_text())
+        written_by, written_accumulation = written["world"], written.get("accumulation", 1)
+        resharded = written_by != world
+        # Every rank is at the same step and place in its stream; a new rank reads rank 0's.
+        position_file = checkpoint / f"position-rank{rank if not resharded else 0}.json"
         if not position_file.is_file():
             raise CheckpointError(f"{position_file}: missing (rank {rank} cannot see checkpoint {chosen})")
-        written_by = json.loads((checkpoint / COMPLETE).read_text())["world"]
-        if written_by != world:
-            raise CheckpointError(
-                f"{checkpoint} was written by {written_by} workers; resume it with train.workers={written_by} "
-                f"(ZeRO partitions and data positions depend on the number of workers)"
+        if resharded:
+            self._check_reshardable(checkpoint, written_by, world, written_accumulation, accumulation)
+            load_resharded(engine, checkpoint, written_by)
+        else:
+            loaded, _ = engine.load_checkpoint(
+                str(checkpoint), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
             )
-        loaded, _ = engine.load_checkpoint(
-            str(checkpoint), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-        )
-        if loaded is None:
-            raise CheckpointError(f"{checkpoint}: DeepSpeed found no checkpoint to load")
+            if loaded is None:
+                raise CheckpointError(f"{checkpoint}: DeepSpeed found no checkpoint to load")
         position = Position(**json.loads(position_file.read_text()))
-        position.restore_rng()
+        if resharded:
+            # The same global batches: a step is ``accumulation`` batches of this rank's stream now.
+            position.batch_in_epoch = position.batch_in_epoch // written_accumulation * accumulation
+        else:
+            position.restore_rng()  # per rank; with another world size each rank starts its own
         self.loaded = checkpoint
+        self.resharded_from = written_by if resharded else None
         return position
+
+    def _check_reshardable(self, checkpoint: Path, written_by: int, world: int, written_accumulation: int,
+                           accumulation: int) -> None:
+        if written_by * written_accumulation != world * accumulation:
+            raise CheckpointError(
+                f"{checkpoint} was written by {written_by} workers; resuming it on {world} keeps its global batch "
+                f"only with train.global_batch set (the batches per step then adapt), or with "
+                f"train.workers={written_by}")
+        if any(checkpoint.glob("method-rank*.pt")):
+            raise CheckpointError(
+                f"{checkpoint} was written by {written_by} workers, and its method keeps state per worker (replay "
+                f"buffers, importances); resume it with train.workers={written_by}")
 
     def method_state(self, rank: int) -> dict:
         """This rank's method state in the checkpoint ``load`` restored ({} when it kept none)."""
+        if self.resharded_from is not None:
+            return {}  # refused in load() when there was any
         path = self.loaded / f"method-rank{rank}.pt"
         return torch.load(path, weights_only=True) if path.is_file() else {}
 
@@ -216,6 +238,12 @@ class JobLock:
 
 
 _STEP = re.compile(r"step-\d{6}")
+
+
+def load_resharded(engine, checkpoint: Path, written_by: int) -> None:
+    """Load a checkpoint written by ``written_by`` workers into an engine on another number."""
+    raise CheckpointError(f"{checkpoint} was written by {written_by} workers; resuming on another number of "
+                          "workers is not supported yet")
 
 
 def agree(value):
