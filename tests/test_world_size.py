@@ -103,3 +103,76 @@ def world_size_runs(tmp_path_factory, digits_shards, deepspeed_cpu_op):
     runs["1-accumulating"] = _train(tmp, digits_shards, 1, accumulate=True)
     runs["c0"] = load_weights(tmp / "world-1" / "c_0.safetensors")
     return runs
+
+
+def _rank_main_killable(rank: int, world: int, port: int, job: TrainJob, events_path: str,
+                        kill_at_step: int | None) -> None:
+    import json
+    import signal
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if kill_at_step is not None and rank == 0:
+        import crdist.train.checkpoint as checkpoint
+
+        real_write_json = checkpoint.write_json
+
+        def write_json(path, data):  # killed while writing this step's checkpoint: the previous one holds
+            if path.name == "position-rank0.json" and data["step"] == kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_write_json(path, data)
+
+        checkpoint.write_json = write_json
+    events = []
+    train_task(job, report=events.append)
+    if rank == 0:
+        with open(events_path, "w") as f:
+            json.dump(events, f)
+
+
+def _resharding_job(directory, shards, world: int, zero_stage: int) -> TrainJob:
+    cfg = study(
+        data={"shards": str(shards)},
+        model={"backbone": "small-cnn-gn"},
+        train={"methods": ["sgd"], "workers": world, "batch_size": 8, "global_batch": GLOBAL_BATCH,
+               "zero_stage": zero_stage, "epochs": 2, "data_order": "global", "loader_workers": 1, "log_every": 1},
+        checkpoint={"every_steps": 5},
+    )
+    c0 = directory.parent / "c_0.safetensors"
+    if not c0.is_file():
+        save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), c0)
+    return TrainJob.from_study(cfg, "sgd", task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
+                               output=str(directory / "c_1.safetensors"), checkpoints=str(directory / "checkpoints"),
+                               log_dir=str(directory / "logs"))
+
+
+def _run(directory, shards, world: int, zero_stage: int, kill_at_step=None) -> tuple[list[dict], TrainJob]:
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    job = _resharding_job(directory, shards, world, zero_stage)
+    events = directory / f"events-{world}.json"
+    mp.spawn(_rank_main_killable, args=(world, free_port(), job, str(events), kill_at_step), nprocs=world, join=True)
+    return json.loads(events.read_text()), job
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_run_killed_on_two_ranks_resumes_on_one_with_the_same_global_batch(zero_stage, tmp_path, digits_shards,
+                                                                              deepspeed_cpu_op):
+    """The checkpoint's ZeRO partitions and AdamW moments are re-sharded for one rank, which
+    accumulates two micro-batches per step (train.global_batch); it trains on as the two ranks do."""
+    reference, ref_job = _run(tmp_path / "reference", digits_shards, world=2, zero_stage=zero_stage)
+    with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
+        _run(tmp_path / "resumed", digits_shards, world=2, zero_stage=zero_stage, kill_at_step=10)
+    resumed, job = _run(tmp_path / "resumed", digits_shards, world=1, zero_stage=zero_stage)
+    assert resumed[0]["kind"] == "start" and resumed[0]["step"] == 5
+    ref_losses = {e["step"]: e["loss"] for e in reference if e["kind"] == "train"}
+    losses = {e["step"]: e["loss"] for e in resumed if e["kind"] == "train"}
+    assert sorted(losses) == [s for s in sorted(ref_losses) if s > 5]
+    # the first step after the resume: the loaded weights are the saved ones, so only the order of
+    # the gradient sums differs
+    assert losses[6] == pytest.approx(ref_losses[6], rel=1e-5)
+    assert max(abs(losses[s] - ref_losses[s]) / ref_losses[s] for s in losses) < 1e-3
+    c0 = load_weights(job.init_weights)
+    gap = relative_difference(load_weights(job.output), load_weights(ref_job.output), c0)
+    assert gap <= TOLERANCE, f"{gap:.2e}"

@@ -241,9 +241,14 @@ _STEP = re.compile(r"step-\d{6}")
 
 
 def load_resharded(engine, checkpoint: Path, written_by: int) -> None:
-    """Load a checkpoint written by ``written_by`` workers into an engine on another number."""
-    raise CheckpointError(f"{checkpoint} was written by {written_by} workers; resuming on another number of "
-                          "workers is not supported yet")
+    """Load a checkpoint written by ``written_by`` workers into an engine on another number
+    (crdist/train/reshard.py)."""
+    from crdist.train.reshard import ReshardError, read_full_state, write_full_state
+
+    try:
+        write_full_state(engine, read_full_state(checkpoint / ENGINE_TAG))
+    except ReshardError as err:
+        raise CheckpointError(f"{checkpoint}: {err}") from None
 
 
 def agree(value):
