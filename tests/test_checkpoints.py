@@ -18,20 +18,25 @@ from tests.conftest import study
 from tests.test_training import free_port
 
 
+def kill_while_writing_checkpoint(step: int) -> None:
+    """SIGKILL this process (rank 0) in the middle of writing the checkpoint of ``step``."""
+    import crdist.train.checkpoint as checkpoint
+
+    real_write_json = checkpoint.write_json
+
+    def write_json(path, data):
+        # DeepSpeed has written this rank's model and optimizer files; the checkpoint is half done.
+        if path.name == "position-rank0.json" and data["step"] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write_json(path, data)
+
+    checkpoint.write_json = write_json
+
+
 def _rank_main(rank: int, job: TrainJob, port: int, events_path: str, kill_at_step: int | None) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if kill_at_step is not None and rank == 0:
-        import crdist.train.checkpoint as checkpoint
-
-        real_write_json = checkpoint.write_json
-
-        def write_json(path, data):
-            # DeepSpeed has written this rank's model and optimizer files; the checkpoint is half done.
-            if path.name == "position-rank0.json" and data["step"] == kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            real_write_json(path, data)
-
-        checkpoint.write_json = write_json
+        kill_while_writing_checkpoint(kill_at_step)
     events = []
     train_task(job, report=events.append)
     if rank == 0:

@@ -108,21 +108,13 @@ def world_size_runs(tmp_path_factory, digits_shards, deepspeed_cpu_op):
 def _rank_main_killable(rank: int, world: int, port: int, job: TrainJob, events_path: str,
                         kill_at_step: int | None) -> None:
     import json
-    import signal
+
+    from tests.test_checkpoints import kill_while_writing_checkpoint
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     if kill_at_step is not None and rank == 0:
-        import crdist.train.checkpoint as checkpoint
-
-        real_write_json = checkpoint.write_json
-
-        def write_json(path, data):  # killed while writing this step's checkpoint: the previous one holds
-            if path.name == "position-rank0.json" and data["step"] == kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            real_write_json(path, data)
-
-        checkpoint.write_json = write_json
+        kill_while_writing_checkpoint(kill_at_step)
     events = []
     train_task(job, report=events.append)
     if rank == 0:

@@ -93,61 +93,53 @@ def scaling_json(rows: list[dict]) -> list[dict]:
 
 
 def write_scaling_plots(rows: list[dict], protocols: list[str], out: Path, title: str) -> list[str]:
+    """scaling_forgetting.png and scaling_throughput.png under ``out``; returns their names."""
+    rows = [r for r in rows if r["parameters"]]
+    others = lambda r: tuple((a, v) for a, v in r["group"].items() if a != BACKBONE_AXIS)  # noqa: E731
+    series = list(dict.fromkeys((r["method"], others(r)) for r in rows))
+
+    def lines(value_of, protocol=None):
+        """(label, parameters, spreads) per method and other axis values, by size."""
+        for method, rest in series:
+            points = sorted((r for r in rows if r["method"] == method and others(r) == rest
+                             and (protocol is None or protocol in r["protocols"])), key=lambda r: r["parameters"])
+            label = " ".join([method, *[str(v) for _, v in rest]]) + (f", {protocol}" if protocol else "")
+            yield label, [r["parameters"] for r in points], [value_of(r) for r in points]
+
+    forgetting = [line for protocol in protocols
+                  for line in lines(lambda r, p=protocol: r["protocols"][p]["average_forgetting"], protocol)]
+    _plot(out / "scaling_forgetting.png", forgetting, rows,
+          lambda r: max((p["average_forgetting"].mean or 0.0) for p in r["protocols"].values()),
+          "average forgetting (lower is better)", f"{title}\nforgetting against backbone size (mean ± std over seeds)",
+          log_y=False)
+    _plot(out / "scaling_throughput.png", list(lines(lambda r: r["samples_per_second_per_worker"])), rows,
+          lambda r: r["samples_per_second_per_worker"].mean or 0.0,
+          "training samples/s per worker", f"{title}\nthroughput against backbone size (mean ± std over seeds)",
+          log_y=True)
+    return ["scaling_forgetting.png", "scaling_throughput.png"]
+
+
+def _plot(path: Path, lines, rows: list[dict], name_at, ylabel: str, title: str, log_y: bool) -> None:
     from crdist.report.aggregate import _pyplot
 
     plt = _pyplot()
-    rows = [r for r in rows if r["parameters"]]
-    series = list(dict.fromkeys((r["method"], tuple((a, v) for a, v in r["group"].items() if a != BACKBONE_AXIS))
-                                for r in rows))
-    written = []
-
-    def label(method, rest):
-        return " ".join([method, *[str(v) for _, v in rest]])
-
-    def points(method, rest):
-        return sorted((r for r in rows if r["method"] == method
-                       and tuple((a, v) for a, v in r["group"].items() if a != BACKBONE_AXIS) == rest),
-                      key=lambda r: r["parameters"])
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for protocol in protocols:
-        for method, rest in series:
-            pts = [r for r in points(method, rest) if protocol in r["protocols"]]
-            forg = [r["protocols"][protocol]["average_forgetting"] for r in pts]
-            ax.errorbar([r["parameters"] for r in pts], [f.mean for f in forg], yerr=[f.std or 0.0 for f in forg],
-                        marker="o", capsize=3, label=f"{label(method, rest)}, {protocol}")
-    _name_points(ax, rows, lambda r: max((p["average_forgetting"].mean or 0.0) for p in r["protocols"].values()))
-    ax.axhline(0, color="black", linewidth=0.6)
+    for label, xs, spreads in lines:
+        ax.errorbar(xs, [s.mean for s in spreads], yerr=[s.std or 0.0 for s in spreads], marker="o", capsize=3,
+                    label=label)
+    _name_points(ax, rows, name_at)
+    if not log_y:
+        ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xscale("log")
+    ax.set_yscale("log" if log_y else "linear")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("average forgetting (lower is better)")
-    ax.set_title(f"{title}\nforgetting against backbone size (mean ± std over seeds)", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out / "scaling_forgetting.png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    written.append("scaling_forgetting.png")
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, rest in series:
-        pts = points(method, rest)
-        speed = [r["samples_per_second_per_worker"] for r in pts]
-        ax.errorbar([r["parameters"] for r in pts], [s.mean for s in speed], yerr=[s.std or 0.0 for s in speed],
-                    marker="o", capsize=3, label=label(method, rest))
-    _name_points(ax, rows, lambda r: r["samples_per_second_per_worker"].mean or 0.0)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("training samples/s per worker")
-    ax.set_title(f"{title}\nthroughput against backbone size (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out / "scaling_throughput.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    written.append("scaling_throughput.png")
-    return written
 
 
 def _name_points(ax, rows: list[dict], y_of) -> None:
