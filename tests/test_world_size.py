@@ -45,7 +45,7 @@ def _train(tmp_path, shards, world: int, accumulate: bool = False) -> dict[str, 
         data={"shards": str(shards)},
         model={"backbone": "small-cnn-gn"},
         train={"methods": DETERMINISTIC, "workers": world, "batch_size": batch, "zero_stage": 2,
-               "global_batch": GLOBAL_BATCH, "max_steps": 12, "data_order": "global", "loader_workers": 1},
+               "global_batch": GLOBAL_BATCH, "max_steps": 12, "data_order": "global", "loader_workers": 2},
         lpft={"probe_fraction": 0.5},
         ewc={"fisher_samples": 64},
     )
@@ -127,7 +127,7 @@ def _resharding_job(directory, shards, world: int, zero_stage: int) -> TrainJob:
         data={"shards": str(shards)},
         model={"backbone": "small-cnn-gn"},
         train={"methods": ["sgd"], "workers": world, "batch_size": 8, "global_batch": GLOBAL_BATCH,
-               "zero_stage": zero_stage, "epochs": 2, "data_order": "global", "loader_workers": 1, "log_every": 1},
+               "zero_stage": zero_stage, "epochs": 2, "data_order": "global", "loader_workers": 2, "log_every": 1},
         checkpoint={"every_steps": 5},
     )
     c0 = directory.parent / "c_0.safetensors"

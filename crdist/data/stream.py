@@ -58,6 +58,11 @@ class StreamSpec:
     also: tuple[int, ...] = ()
     order: str = "sharded"  # or "global" (see the module's docstring)
     augment: str = "none"  # data.augment: a policy of crdist.data.augment, seeded per sample and epoch
+    # Micro-batches per optimizer step (train.global_batch). In the global order a step's global
+    # batch is world · accumulation · batch_size samples, and rank r's micro-batches are its
+    # consecutive slices r·accumulation … (r+1)·accumulation − 1 of it: the same global batches
+    # on any number of workers.
+    accumulation: int = 1
 
 
 def epoch_order(shards: list[ShardRecord], seed: int, task: int, epoch: int) -> list[ShardRecord]:
@@ -71,8 +76,8 @@ def rank_shards(order: list[ShardRecord], rank: int, world: int) -> list[ShardRe
 
 
 def _full_batches_of_poorest_rank(shards: list[ShardRecord], spec: StreamSpec, epoch: int) -> int:
-    if spec.order == "global":
-        return sum(s.count for s in shards) // (spec.batch_size * spec.world)
+    if spec.order == "global":  # whole global batches, as micro-batches of this rank
+        return sum(s.count for s in shards) // (spec.batch_size * spec.world * spec.accumulation) * spec.accumulation
     order = epoch_order(shards, spec.seed, spec.task, epoch)
     return min(sum(s.count for s in rank_shards(order, r, spec.world)) // spec.batch_size for r in range(spec.world))
 
@@ -118,7 +123,9 @@ class RankStream:
         # The global order shuffles with one seed on every rank and batches the global batch, so
         # every rank's loader yields the same sequence; the sharded order seeds per rank.
         shuffle_seed = f"samples/{spec.seed}/{spec.task}/{epoch}" + (f"/{spec.rank}" if ranked else "")
-        loader_batch = spec.batch_size if ranked else spec.batch_size * spec.world
+        # In the global order the loaders batch whole global batches: how their workers interleave
+        # then does not depend on the worker count.
+        loader_batch = spec.batch_size if ranked else spec.batch_size * spec.world * spec.accumulation
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
@@ -140,8 +147,7 @@ class RankStream:
         )
         batches = rebatch(loader, loader_batch)
         if not ranked:
-            mine = slice(spec.rank * spec.batch_size, (spec.rank + 1) * spec.batch_size)
-            batches = ((take(x, mine), y[mine]) for x, y in batches)
+            batches = _my_micro_batches(batches, spec)
         return _exactly(islice(batches, steps), steps, f"rank {spec.rank}, task {spec.task} {spec.split}, "
                         f"epoch {epoch}")
 
@@ -153,6 +159,14 @@ class RankStream:
             raise StreamError(f"data.augment={self.spec.augment} applies to images; this stream holds "
                               f"{self.manifest.modality}")
         return AugmentingDecoder(self.decode, self.spec.augment, self.spec.seed, self.spec.task, epoch)
+
+
+def _my_micro_batches(global_batches: Iterator, spec: StreamSpec) -> Iterator:
+    b = spec.batch_size
+    for x, y in global_batches:
+        for a in range(spec.accumulation):
+            first = (spec.rank * spec.accumulation + a) * b
+            yield take(x, slice(first, first + b)), y[first:first + b]
 
 
 def _exactly(batches: Iterator, steps: int, where: str) -> Iterator:

@@ -157,10 +157,11 @@ def _steps_per_task(study, manifest: Manifest) -> dict[tuple[str, int], int]:
     steps = {}
     for method, task in [(m, t) for m in train.methods for t in manifest.tasks]:
         also = tuple(t for t in method_class(method).tasks_to_stream(task.index) if t != task.index)
+        accumulation = train.accumulation(train.workers)
         spec = StreamSpec(task.index, "train", 0, train.workers, train.batch_size, 0, 1, study.seed, also,
-                          train.data_order)
+                          train.data_order, accumulation=accumulation)
         stream = RankStream(manifest, spec)  # checks that every worker gets shards
-        per_epoch = [stream.steps_in_epoch(e) for e in range(train.epochs)]
+        per_epoch = [stream.steps_in_epoch(e) // accumulation for e in range(train.epochs)]
         if min(per_epoch) == 0:
             raise StudyError(
                 f"task {task.index}: with {train.workers} workers × batch {train.batch_size}, some worker holds "

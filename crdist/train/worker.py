@@ -195,6 +195,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         also=tuple(t for t in method_class(job.method).tasks_to_stream(job.task) if t != job.task),
         order=train.data_order,
         augment=job.augment,
+        accumulation=train.accumulation(world),
     )
     stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
     context = MethodContext(
