@@ -121,8 +121,8 @@ print(json.dumps({"before": before, **result}))
 def test_an_evaluation_on_a_split_larger_than_its_memory_bound_stays_within_it(tmp_path):
     """9,000 test images of 3×64×64 decode to 442 MB of float32, 1.6× the 256 MiB bound; the
     evaluation streams them, so its peak stays under the bound (about 150 MB here, most of it the
-    model, the decoders and the first forward pass). Holding the split whole took twice 442 MB;
-    streaming without handing freed heap pages back grew by half the split."""
+    model, the decoders and the first forward pass). Holding the split whole needs its 442 MB at
+    least; streaming without handing freed heap pages back grew by about half the split."""
     import json
     import pickle
     import subprocess
