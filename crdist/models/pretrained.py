@@ -60,6 +60,8 @@ def _shape(t: torch.Tensor) -> str:
 
 def load_pretrained(backbone: nn.Module, backbone_name: str, path: str | Path) -> list[str]:
     """Load a torchvision checkpoint into ``backbone``; returns notes on what the mapping adapted."""
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: pretrained checkpoint not found")
     keys = BACKBONES.get(backbone_name).pretrained_keys
     if keys is None:
         raise WeightsError(f"{path}: {backbone_name} has no torchvision checkpoints; give model.init a .safetensors "

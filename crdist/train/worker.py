@@ -176,6 +176,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     torch.set_num_threads(max(1, int(train.cpus_per_worker)))
     torch.manual_seed(derive_seed(job.seed, "train", job.method, job.task, rank))
 
+    accumulation = train.accumulation(world)
     manifest = Manifest.load(job.shards)
     model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed,
                              image_size=manifest.image_size)
@@ -195,7 +196,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         also=tuple(t for t in method_class(job.method).tasks_to_stream(job.task) if t != job.task),
         order=train.data_order,
         augment=job.augment,
-        accumulation=train.accumulation(world),
+        accumulation=accumulation,
     )
     stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
     context = MethodContext(
@@ -206,7 +207,6 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         classes_so_far=tuple(c for t in manifest.tasks if t.index <= job.task for c in t.classes),
     )
     method = build_method(job.method, context, job.method_config)
-    accumulation = train.accumulation(world)
     # An epoch's last micro-batches that cannot fill a whole step are left out, as a partial last
     # batch is: the same global batches on any number of workers.
     steps_per_epoch = [stream.steps_in_epoch(e) // accumulation for e in range(train.epochs)]
