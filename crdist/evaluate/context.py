@@ -7,6 +7,7 @@ the features of the split, never the split's inputs, so its memory does not grow
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -31,6 +32,10 @@ class EvalContext:
     # adaptation subset above.
     bank: Batches | None = None
     device: torch.device = torch.device("cpu")
+    # What protocols report beyond their accuracy (the linear probe's solver and C), by protocol.
+    details: dict = field(default_factory=dict)
+    # Seconds spent computing the shared features (the first protocol that asks pays them).
+    feature_seconds: float = 0.0
     _features: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     _bank_labels: torch.Tensor | None = field(default=None, repr=False)
     _test_labels: torch.Tensor | None = field(default=None, repr=False)
@@ -38,6 +43,7 @@ class EvalContext:
     def features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(bank, test) features of the checkpoint, on the CPU, computed once and shared by protocols."""
         if self._features is None:
+            started = time.perf_counter()
             backbone = self.model.backbone
             if self.bank is None:
                 bank = extract_features(backbone, self.adapt_inputs, device=self.device)
@@ -46,6 +52,7 @@ class EvalContext:
                 bank, self._bank_labels = stream_features(backbone, self.bank(), self.device)
             test, labels = self.test_features(backbone)
             self._features = (bank, test)
+            self.feature_seconds = time.perf_counter() - started
         return self._features
 
     def test_features(self, backbone: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

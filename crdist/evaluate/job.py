@@ -79,7 +79,13 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         bank=_streamed(manifest, job, "train", decode, classes) if job.evaluate.adapt == "train" else None,
         device=device,
     )
-    accuracy = {name: PROTOCOLS.get(name)(context) for name in job.evaluate.protocols}
+    accuracy, protocol_seconds = {}, {}
+    for name in job.evaluate.protocols:
+        protocol_started, features_before = time.perf_counter(), context.feature_seconds
+        accuracy[name] = PROTOCOLS.get(name)(context)
+        # The shared features are counted once, apart, not in the protocol that computed them.
+        elapsed = time.perf_counter() - protocol_started - (context.feature_seconds - features_before)
+        protocol_seconds[name] = round(elapsed, 3)
     result = {
         "checkpoint": job.checkpoint,
         "row": job.row,
@@ -89,6 +95,9 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         "bank_samples": len(context.bank_labels) if context.has_features() else None,
         "test_samples": len(context.test_labels),
         "seconds": round(time.perf_counter() - started, 3),
+        "feature_seconds": round(context.feature_seconds, 3),
+        "protocol_seconds": protocol_seconds,
+        "details": context.details,
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
     }
