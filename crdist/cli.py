@@ -92,6 +92,60 @@ def _parser() -> argparse.ArgumentParser:
     bench_resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bench_resume.set_defaults(handler=_bench_resume)
 
+    bench_train = benches.add_parser(
+        "train",
+        help="samples/s of crdist's worker against a hand-written Accelerate + DeepSpeed loop and torch DDP",
+        description="Per ZeRO stage, the steady-state samples/s and per-rank peak memory of crdist's training "
+        "worker, of a hand-written loop on the same engine over the same samples in memory, and of torch DDP on "
+        "gloo; each in fresh processes, one per rank.",
+    )
+    _study_arguments(bench_train)
+    bench_train.add_argument("--stages", default="0,1,2,3", help="ZeRO stages, comma-separated (default 0,1,2,3)")
+    bench_train.add_argument("--steps", type=int, default=60, help="measured steps per loop, after 10 warm-up steps")
+    bench_train.add_argument("--loops", default="crdist,accelerate,ddp", help="which loops (default: all three)")
+    bench_train.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    bench_train.set_defaults(handler=_bench_train)
+
+    bench_data = benches.add_parser(
+        "data",
+        help="samples/s of one rank's WebDataset stream against raw image files and the training step",
+        description="Task 1's train split through crdist's WebDataset stream (0/1/2 loader workers), through a "
+        "loader of the same samples as one image file each with the same decode, and the rate one rank's "
+        "training step consumes samples.",
+    )
+    _study_arguments(bench_data)
+    bench_data.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    bench_data.set_defaults(handler=_bench_data)
+
+    bench_overhead = benches.add_parser(
+        "overhead",
+        help="split a study's wall time (Ray, job start, engine, compute, save, eval, idle); timeline PNG",
+        description="Read a finished run directory (or, with none, run the demo first) and split its wall time "
+        "into data preparation, Ray start, per-job start, engine set-up, training compute, save and teardown, "
+        "evaluation and idle time; write report/timeline.png of its train and eval jobs.",
+    )
+    bench_overhead.add_argument("run_dir", nargs="?", type=Path, help="a finished run directory; default: run the demo")
+    bench_overhead.add_argument("--config", type=Path, default=None, help=f"the study to run (default {DEFAULT_CONFIG})")
+    bench_overhead.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench_overhead.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    bench_overhead.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    bench_overhead.set_defaults(handler=_bench_overhead)
+
+    bench_eval = benches.add_parser(
+        "eval",
+        help="seconds per protocol per (checkpoint, task), features shared; the linear probe's solvers at scale",
+        description="Run the evaluation job in this process for c_0 (or a finished run's checkpoints) on every "
+        "task, timing the shared features and each protocol; then time the linear probe's grid search with "
+        "scikit-learn and with crdist's warm-started torch path on a large synthetic problem.",
+    )
+    _study_arguments(bench_eval)
+    bench_eval.add_argument("--run", type=Path, help="a finished run directory: evaluate its checkpoints")
+    bench_eval.add_argument("--probe-samples", type=int, default=20000)
+    bench_eval.add_argument("--probe-dims", type=int, default=2048)
+    bench_eval.add_argument("--probe-classes", type=int, default=100)
+    bench_eval.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    bench_eval.set_defaults(handler=_bench_eval)
+
     sweep = commands.add_parser(
         "sweep",
         help="run a grid of studies (seeds, methods, backbones, any config key) and aggregate them",
@@ -178,6 +232,48 @@ def _bench_resume(args) -> int:
 
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     return bench_resume(args.config, args.overrides, args.failures, args.seed, args.runs_dir)
+
+
+def _study_arguments(parser) -> None:
+    parser.add_argument("config", nargs="?", type=Path, default=None,
+                        help=f"study config (YAML); default: {DEFAULT_CONFIG}, the embedded demo")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _bench_train(args) -> int:
+    from crdist.bench.train import LOOPS, bench_train
+
+    stages = [int(s) for s in args.stages.split(",")]
+    if not stages or any(s not in (0, 1, 2, 3) for s in stages):
+        raise SystemExit(f"crdist bench train: --stages takes ZeRO stages 0-3, comma-separated (got {args.stages!r})")
+    loops = tuple(args.loops.split(","))
+    if not loops or any(loop not in LOOPS for loop in loops):
+        raise SystemExit(f"crdist bench train: --loops takes {', '.join(LOOPS)}, comma-separated (got {args.loops!r})")
+    return bench_train(args.config or _default_config(), args.overrides, stages, args.steps, args.json, loops)
+
+
+def _bench_data(args) -> int:
+    from crdist.bench.data import bench_data
+
+    return bench_data(args.config or _default_config(), args.overrides, args.json)
+
+
+def _bench_overhead(args) -> int:
+    from crdist.bench.overhead import bench_overhead
+
+    if args.run_dir is not None and not (args.run_dir / "journal.jsonl").is_file():
+        raise SystemExit(f"crdist bench overhead: {args.run_dir} is not a run directory (no journal.jsonl)")
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    return bench_overhead(args.run_dir, args.config or _default_config(), args.overrides, args.runs_dir, args.json)
+
+
+def _bench_eval(args) -> int:
+    from crdist.bench.eval import bench_eval
+
+    if args.run is not None and not (args.run / "config.yaml").is_file():
+        raise SystemExit(f"crdist bench eval: {args.run} is not a run directory (no config.yaml)")
+    probe = (args.probe_samples, args.probe_dims, args.probe_classes)
+    return bench_eval(args.config or _default_config(), args.overrides, args.run, probe, args.json)
 
 
 def _sweep(args) -> int:

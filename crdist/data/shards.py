@@ -15,13 +15,16 @@ from crdist.data.manifest import Manifest, ShardRecord
 def write_shard(directory: Path, name: str, samples: Iterable[dict]) -> ShardRecord:
     """Write ``samples`` (tar member dicts) as ``directory/name.tar``; returns its record.
 
-    Members carry mtime 0, so the same samples always give byte-identical shards and hashes.
+    Members carry mtime 0, so the same samples always give byte-identical shards and hashes. It
+    is the integer 0: a float mtime makes Python's tarfile write a PAX extended header before
+    every member (1,536 header bytes instead of 512), which every reader then parses with a regex;
+    on the demo's 8×8 digits that parsing was a fifth of the training loop's data time.
     """
     path = directory / f"{name}.tar"
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with open(path, "wb") as stream:
-        with wds.TarWriter(stream, encoder=False, mtime=0.0) as writer:
+        with wds.TarWriter(stream, encoder=False, mtime=0) as writer:
             for sample in samples:
                 writer.write(sample)
                 count += 1

@@ -1,0 +1,308 @@
+"""``crdist bench overhead``: where a study's wall time goes, from its run directory, and a timeline
+PNG of its train and eval jobs.
+
+Run on a finished run directory, or with none, it first runs the demo (``crdist run`` in a
+subprocess, timed from the command's start). The figures come from what every run writes:
+
+- ``journal.jsonl``: when the driver started, when each job started and finished (driver clock);
+- ``logs/train/<method>-task<i>-rank0.log``: the worker's first line (``train_task`` entered: Ray
+  Train's controller, worker group and torch process group are up) and its ``start`` event (model
+  built, DeepSpeed engine made, checkpoint loaded: the first step is next);
+- ``checkpoints/<method>/c_<i>.train.json``: the training loop's own seconds;
+- ``eval/**.json``: each evaluation's seconds, ending at its journal ``finished``.
+
+A train job's time is split into *start* (journal start → the worker's first line: Ray Train),
+*engine* (→ the first step: model, data stream, DeepSpeed engine, checkpoint load), *compute*
+(the loop), and *end* (→ journal finish: weights consolidated and written, worker group torn down).
+The "critical path" figures are unions of intervals over the run's wall time: when some training
+step was computing, when some evaluation was, and when neither was (orchestration, start-up, idle).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class TrainSpan:
+    label: str  # "sgd/1"
+    method: str
+    submitted: float  # journal "started"
+    entered: float | None  # worker's first log line
+    first_step: float | None  # worker's "start" event
+    compute: float  # the loop's seconds
+    finished: float  # journal "finished"
+
+
+@dataclass
+class EvalSpan:
+    label: str
+    start: float
+    end: float
+
+
+def bench_overhead(run_dir: Path | None, config: Path, overrides: list[str], runs_dir: Path,
+                   json_out: Path | None) -> int:
+    command_seconds = None
+    if run_dir is None:
+        name = f"bench-overhead-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = runs_dir / name
+        command = [sys.executable, "-m", "crdist", "run", str(config), "--set", f"name={name}",
+                   "--set", f"runs_dir={runs_dir}", *[x for o in overrides for x in ("--set", o)]]
+        print(f"bench overhead: running {config} as {run_dir} (log: {run_dir}.log)", flush=True)
+        started = time.time()
+        with open(f"{run_dir}.log", "w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        command_seconds = time.time() - started
+        if code != 0:
+            print(f"crdist bench overhead: the run failed (exit {code}); see {run_dir}.log", file=sys.stderr)
+            return code
+    figures = analyse(run_dir, command_seconds)
+    figures["bare_start_seconds"] = bare_start(run_dir)
+    _print(figures)
+    png = run_dir / "report" / "timeline.png"
+    plot_timeline(run_dir, png)
+    print(f"timeline: {png}")
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=1))
+        print(f"wrote {json_out}")
+    return 0
+
+
+def bare_start(run_dir: Path) -> float | None:
+    """Seconds from launching the run's first train job's worker without Ray (one fresh interpreter
+    per rank, as ``torchrun`` or ``accelerate launch`` start them) to its first training step."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from crdist.study import load_study
+
+    study = load_study(run_dir / "config.yaml")
+    shards = _shards_of(run_dir)
+    with tempfile.TemporaryDirectory(prefix="crdist-bare-start-") as tmp:
+        launched = time.time()
+        mp.spawn(_bare_rank, args=(study.train.workers, _free_port(), str(run_dir / "config.yaml"), shards,
+                                   str(run_dir / "models" / "c_0.safetensors"), tmp),
+                 nprocs=study.train.workers, join=True)
+        first_step = json.loads((Path(tmp) / "first_step.json").read_text())["time"]
+    return first_step - launched
+
+
+def _shards_of(run_dir: Path) -> str:
+    from crdist.data.prepare import prepare
+    from crdist.study import load_study
+
+    return str(prepare(load_study(run_dir / "config.yaml").data, log=lambda line: None).root)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bare_rank(rank: int, world: int, port: int, config: str, shards: str, initial: str, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from dataclasses import replace
+
+    from crdist.study import load_study
+    from crdist.train.worker import TrainJob, train_task
+
+    study = load_study(config)
+    study = replace(study, train=replace(study.train, max_steps=1))
+    job = TrainJob.from_study(study, study.train.methods[0], task=1, num_tasks=study.data.tasks or 1, shards=shards,
+                              init_weights=initial, output=f"{out}/c_1.safetensors",
+                              checkpoints=f"{out}/checkpoints", log_dir=f"{out}/logs")
+
+    def report(event: dict) -> None:
+        if event.get("kind") == "start":
+            Path(out, "first_step.json").write_text(json.dumps({"time": event["time"]}))
+
+    train_task(job, report=report)
+
+
+def _journal(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "journal.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _log_time(line: str) -> float:
+    """Epoch seconds of a log line's ``%(asctime)s`` (local time, milliseconds after the comma)."""
+    stamp, millis = line[:23].split(",")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+
+
+def _last_attempt(run_dir: Path, label: str, first: bool) -> float | None:
+    """The worker's first log line, or its last ``start`` event, of a train job's rank 0."""
+    method, task = label.split("/")
+    path = run_dir / "logs" / "train" / f"{method}-task{task}-rank0.log"
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    if first:
+        entered = [_log_time(line) for line in lines if re.search(r": rank 0 of \d+, pid", line)]
+        return entered[-1] if entered else None
+    starts = [float(m.group(1)) for line in lines if (m := re.search(r"'kind': 'start'.*'time': ([0-9.]+)", line))]
+    return starts[-1] if starts else None
+
+
+def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]:
+    journal = _journal(run_dir)
+    run_start = max(e["time"] for e in journal if e["event"] == "run")  # the last (re)start
+    journal = [e for e in journal if e["time"] >= run_start]
+    started = {e["job"]: e["time"] for e in journal if e["event"] == "started"}
+    finished = {e["job"]: e["time"] for e in journal if e["event"] == "finished"}
+    report = max((e["time"] for e in journal if e["event"] == "report"), default=max(finished.values()))
+    trains = []
+    for job, submitted in started.items():
+        if not job.startswith("train/") or job not in finished:
+            continue
+        label = job.removeprefix("train/")
+        method, task = label.split("/")
+        summary = json.loads((run_dir / "models" / method / f"c_{task}.train.json").read_text())
+        trains.append(TrainSpan(label, method, submitted, _last_attempt(run_dir, label, True),
+                                _last_attempt(run_dir, label, False), summary["seconds"], finished[job]))
+    evals = []
+    for job, end in finished.items():
+        if not job.startswith("eval/"):
+            continue
+        parts = job.split("/")[1:]  # [c_0, task] or [method, c_i, task]
+        folder = "c_0" if len(parts) == 2 else parts[0]
+        path = run_dir / "eval" / folder / f"{parts[-2].removeprefix('c_')}-{parts[-1]}.json"
+        seconds = json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
+        evals.append(EvalSpan(job.removeprefix("eval/"), end - seconds, end))
+    return run_start, report, sorted(trains, key=lambda s: s.submitted), sorted(evals, key=lambda s: s.start)
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def analyse(run_dir: Path, command_seconds: float | None = None) -> dict:
+    run_start, report, trains, evals = spans(run_dir)
+    driver = (run_dir / "logs" / "driver.log").read_text()
+    ray_line = re.search(r"^\[\s*(\d+)s\] ray\s+started", driver, re.M)
+    data_line = re.search(r"prepared .* in ([0-9.]+) s", driver)
+    first_job = min([t.submitted for t in trains] + [e.start for e in evals])
+    compute = [(t.first_step, t.first_step + t.compute) for t in trains if t.first_step]
+    evaluating = [(e.start, e.end) for e in evals]
+    wall = report - run_start
+    figures = {
+        "run": str(run_dir),
+        "command_seconds": command_seconds,
+        "wall_seconds": wall,
+        "driver_to_first_job_seconds": first_job - run_start,
+        "ray_start_seconds_at": int(ray_line.group(1)) if ray_line else None,
+        "data_preparation_seconds": float(data_line.group(1)) if data_line else 0.0,
+        "train_jobs": len(trains),
+        "train_start_seconds": sum(t.entered - t.submitted for t in trains if t.entered),
+        "train_engine_seconds": sum(t.first_step - t.entered for t in trains if t.first_step and t.entered),
+        "train_compute_seconds": sum(t.compute for t in trains),
+        "train_end_seconds": sum(t.finished - t.first_step - t.compute for t in trains if t.first_step),
+        "eval_jobs": len(evals),
+        "eval_seconds": sum(e.end - e.start for e in evals),
+        "report_seconds": report - max([t.finished for t in trains] + [e.end for e in evals]),
+        "wall_with_training_compute": _union(compute),
+        "wall_with_evaluation": _union(evaluating),
+        "wall_with_either": _union(compute + evaluating),
+        "eval_during_training_seconds": _union(evaluating) + _union(compute) - _union(compute + evaluating),
+    }
+    figures["wall_with_neither"] = wall - figures["wall_with_either"]
+    # Ray Train's start includes waiting for free CPUs behind other jobs; the quickest job's start
+    # is the closest to its fixed cost.
+    ready = sorted(t.first_step - t.submitted for t in trains if t.first_step)
+    figures["job_ready_seconds_min"] = ready[0] if ready else None
+    figures["job_ready_seconds_median"] = ready[len(ready) // 2] if ready else None
+    figures["wall_over_compute"] = wall / max(figures["train_compute_seconds"] + figures["eval_seconds"], 1e-9)
+    return figures
+
+
+def _print(f: dict) -> None:
+    n = max(f["train_jobs"], 1)
+    print()
+    if f["command_seconds"]:
+        print(f"command wall time            {f['command_seconds']:8.1f} s   (process start to exit)")
+    print(f"run wall time                {f['wall_seconds']:8.1f} s   (driver start to report)")
+    print(f"  driver start → first job   {f['driver_to_first_job_seconds']:8.1f} s   "
+          f"(data preparation {f['data_preparation_seconds']:.1f} s, Ray up at {f['ray_start_seconds_at']} s)")
+    print(f"train jobs                   {f['train_jobs']:8d}")
+    print(f"  start (Ray Train)          {f['train_start_seconds']:8.1f} s   {f['train_start_seconds'] / n:6.1f} s/job")
+    print(f"  engine (model, stream, DS) {f['train_engine_seconds']:8.1f} s   {f['train_engine_seconds'] / n:6.1f} s/job")
+    print(f"  compute (training loop)    {f['train_compute_seconds']:8.1f} s   {f['train_compute_seconds'] / n:6.1f} s/job")
+    print(f"  end (save, teardown)       {f['train_end_seconds']:8.1f} s   {f['train_end_seconds'] / n:6.1f} s/job")
+    print(f"  submitted → first step     {f['job_ready_seconds_min']:8.1f} s   at the quickest job "
+          f"(median {f['job_ready_seconds_median']:.1f} s: waiting for CPUs included)")
+    if f.get("bare_start_seconds"):
+        print(f"  bare launch → first step   {f['bare_start_seconds']:8.1f} s   (the same worker without Ray: "
+              f"process start, imports, process group, engine); quickest job / bare = "
+              f"{f['job_ready_seconds_min'] / f['bare_start_seconds']:.2f} (target ≤ 1.5)")
+    print(f"eval jobs                    {f['eval_jobs']:8d}   {f['eval_seconds']:8.1f} s in all")
+    print(f"report                       {f['report_seconds']:8.1f} s")
+    print("on the wall clock:")
+    print(f"  some training computing    {f['wall_with_training_compute']:8.1f} s")
+    print(f"  some evaluation running    {f['wall_with_evaluation']:8.1f} s   "
+          f"({f['eval_during_training_seconds']:.1f} s of it while training computed)")
+    print(f"  neither (start-up, idle)   {f['wall_with_neither']:8.1f} s   "
+          f"({f['wall_with_neither'] / f['wall_seconds']:.0%} of the wall time)")
+    print(f"wall / (train + eval compute) = {f['wall_over_compute']:.2f}   (target ≤ 2)")
+
+
+def plot_timeline(run_dir: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_start, report, trains, evals = spans(run_dir)
+    methods = list(dict.fromkeys(t.method for t in trains))
+    lanes: list[float] = []  # eval lanes: when each lane is free again
+    placed = []
+    for e in evals:
+        lane = next((i for i, free in enumerate(lanes) if free <= e.start), len(lanes))
+        lanes[lane:lane + 1] = [e.end] if lane < len(lanes) else lanes.append(e.end) or []
+        placed.append((lane, e))
+    rows = len(methods) + max(len(lanes), 1)
+    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.45 * rows))
+    colours = {"start": "#bbbbbb", "engine": "#f0a030", "compute": "#2060c0", "end": "#a04080", "eval": "#30a050"}
+    for t in trains:
+        y = methods.index(t.method)
+        pieces = [("start", t.submitted, t.entered), ("engine", t.entered, t.first_step),
+                  ("compute", t.first_step, t.first_step + t.compute if t.first_step else None),
+                  ("end", t.first_step + t.compute if t.first_step else None, t.finished)]
+        for kind, a, b in pieces:
+            if a is not None and b is not None and b > a:
+                ax.barh(y, b - a, left=a - run_start, color=colours[kind], height=0.6)
+        ax.text(t.submitted - run_start, y + 0.36, t.label.split("/")[1], fontsize=7)
+    for lane, e in placed:
+        ax.barh(len(methods) + lane, e.end - e.start, left=e.start - run_start, color=colours["eval"], height=0.6)
+    ax.set_yticks(range(rows), [f"train {m}" for m in methods] + [f"eval {i + 1}" for i in range(rows - len(methods))])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the driver started")
+    ax.set_xlim(0, report - run_start)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, ["train: Ray Train start", "train: engine + stream + model", "train: compute",
+                        "train: save + teardown", "evaluation"], loc="upper center", ncol=5, fontsize=7,
+              bbox_to_anchor=(0.5, 1.0 + 1.2 / rows))
+    ax.set_title(f"{run_dir.name}: jobs over time", pad=28)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,233 @@
+"""``crdist bench train``: steady-state samples/s of crdist's training worker against a hand-written
+loop on the same engine, and against plain torch DDP on gloo, with per-rank peak memory.
+
+Every measurement runs in fresh processes, one per rank (``torch.multiprocessing``, gloo on
+loopback), so memory high-water marks and process groups do not carry over. The three loops train
+the same model from the same initial weights with the same per-rank batch and optimizer:
+
+- ``crdist``: ``train_task``, the worker a train job runs (WebDataset stream with its loader
+  workers, the method's hooks, learning-rate schedule, progress events); mid-task checkpoints off;
+- ``accelerate``: a hand-written loop on Accelerate + DeepSpeed with crdist's DeepSpeed config for
+  that stage, over the task's samples already decoded in memory;
+- ``ddp``: torch ``DistributedDataParallel`` on gloo with torch's AdamW, the same in-memory samples.
+
+Steady state: the rate over the steps after the first ``warmup`` (the engine's first steps
+allocate its buffers). The ratio crdist / accelerate is the worker's own cost (target ≥ 0.95).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+WARMUP_STEPS = 10
+
+
+LOOPS = ("crdist", "accelerate", "ddp")
+
+
+def bench_train(config: Path, overrides: list[str], stages: list[int], steps: int, json_out: Path | None,
+                loops: tuple[str, ...] = LOOPS) -> int:
+    import torch.multiprocessing as mp
+
+    from crdist.data.prepare import prepare
+    from crdist.study import load_study
+
+    study = load_study(config, overrides)
+    manifest = prepare(study.data, log=lambda line: print(f"data   {line}"))
+    world, batch = study.train.workers, study.train.batch_size
+    print(f"bench train: {study.model.backbone}, {world} ranks × batch {batch}, {study.train.optimizer}, "
+          f"{WARMUP_STEPS} warm-up + {steps} measured steps per loop, task 1 of {manifest.root}")
+    plan = [(loop, stage) for stage in stages for loop in ("crdist", "accelerate") if loop in loops]
+    plan += [("ddp", None)] if "ddp" in loops else []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="crdist-bench-train-") as tmp:
+        initial = Path(tmp) / "c_0.safetensors"
+        _write_initial(study, manifest, initial)
+        for loop, stage in plan:
+            out = Path(tmp) / f"{loop}-{stage}"
+            out.mkdir()
+            spec = {"loop": loop, "stage": stage, "steps": steps, "shards": str(manifest.root),
+                    "initial": str(initial), "out": str(out), "config": str(config), "overrides": list(overrides)}
+            mp.spawn(_rank_main, args=(world, _free_port(), spec), nprocs=world, join=True)
+            ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+            rows.append({"loop": loop, "zero_stage": stage, "samples_per_second": ranks[0]["samples_per_second"],
+                         "peak_memory_bytes": [r["peak_memory_bytes"] for r in ranks],
+                         "start_memory_bytes": [r["start_memory_bytes"] for r in ranks]})
+            print(f"  {loop:<10} ZeRO-{'-' if stage is None else stage}: "
+                  f"{rows[-1]['samples_per_second']:8.1f} samples/s", flush=True)
+    _print_table(rows, world)
+    if json_out:
+        json_out.write_text(json.dumps({"world": world, "batch_size": batch, "backbone": study.model.backbone,
+                                        "steps": steps, "warmup": WARMUP_STEPS, "rows": rows}, indent=1))
+        print(f"wrote {json_out}")
+    return 0
+
+
+def _print_table(rows: list[dict], world: int) -> None:
+    hand = {r["zero_stage"]: r["samples_per_second"] for r in rows if r["loop"] == "accelerate"}
+    ddp = next((r["samples_per_second"] for r in rows if r["loop"] == "ddp"), None)
+    print()
+    print("loop        ZeRO  samples/s  per worker  vs hand loop (target ≥ 0.95)  vs DDP  peak MiB/rank (above start)")
+    for r in rows:
+        stage = r["zero_stage"]
+        ratio = f"{r['samples_per_second'] / hand[stage]:.3f}" if r["loop"] == "crdist" and stage in hand else ""
+        vs_ddp = f"{r['samples_per_second'] / ddp:6.2f}" if ddp else "     -"
+        above = [(p - s) / 2**20 for p, s in zip(r["peak_memory_bytes"], r["start_memory_bytes"])]
+        print(f"{r['loop']:<10}  {'-' if stage is None else stage:>4}  {r['samples_per_second']:9.1f}  "
+              f"{r['samples_per_second'] / world:10.1f}  {ratio:>28}  {vs_ddp}  "
+              f"{'/'.join(f'{a:.0f}' for a in above)}")
+
+
+def _write_initial(study, manifest, path: Path) -> None:
+    from crdist.models.classifier import build_classifier
+    from crdist.models.weights import save_weights
+
+    model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed,
+                             image_size=manifest.image_size)
+    save_weights(model.state_dict(), path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, spec: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from crdist.study import load_study
+    from crdist.train.usage import current_memory_bytes, peak_memory_bytes, reset_peak_memory, \
+        return_large_frees_to_the_system
+
+    study = load_study(spec["config"], spec["overrides"])
+    train = study.train if spec["stage"] is None else replace(study.train, zero_stage=spec["stage"])
+    study = replace(study, train=train)
+    torch.set_num_threads(max(1, int(train.cpus_per_worker)))
+    return_large_frees_to_the_system()  # as a crdist worker does
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    start = current_memory_bytes(cpu)
+    total = WARMUP_STEPS + spec["steps"]
+    if spec["loop"] == "crdist":
+        rate = _crdist_worker(study, spec, total)
+    else:
+        inputs, labels = _task_in_memory(study, spec["shards"])
+        if spec["loop"] == "accelerate":
+            rate = _accelerate_loop(study, spec, inputs, labels, total, world)
+        else:
+            rate = _ddp_loop(study, spec, inputs, labels, total, world, rank)
+    result = {"samples_per_second": rate, "peak_memory_bytes": peak_memory_bytes(cpu), "start_memory_bytes": start}
+    (Path(spec["out"]) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _steady_rate(step_times: list[tuple[int, float]], global_batch: int) -> float:
+    """Samples/s from the end of the warm-up steps to the end of the last step, given (step, time
+    it ended) pairs."""
+    measured = [(step, at) for step, at in step_times if step >= WARMUP_STEPS]
+    (first, start), (last, end) = measured[0], measured[-1]
+    return global_batch * (last - first) / (end - start)
+
+
+def _crdist_worker(study, spec: dict, total: int) -> float:
+    from crdist.train.worker import TrainJob, train_task
+
+    out = Path(spec["out"])
+    # Progress events every 10 steps, as the demo reports them; their times give the rate.
+    train = replace(study.train, max_steps=total, epochs=10**4, log_every=10)
+    study = replace(study, train=train, checkpoint=replace(study.checkpoint, every_steps=10**9))
+    job = TrainJob.from_study(study, study.train.methods[0], task=1, num_tasks=1, shards=spec["shards"],
+                              init_weights=spec["initial"], output=str(out / "c_1.safetensors"),
+                              checkpoints=str(out / "checkpoints"), log_dir=str(out / "logs"))
+    times = []
+    train_task(job, report=lambda event: times.append((event["step"], time.perf_counter()))
+               if event.get("kind") == "train" else None)
+    if int(os.environ["RANK"]) != 0:
+        return 0.0  # progress events are reported by rank 0
+    return _steady_rate(times, train.batch_size * int(os.environ["WORLD_SIZE"]) * train.accumulation(
+        int(os.environ["WORLD_SIZE"])))
+
+
+def _task_in_memory(study, shards: str):
+    from crdist.data.manifest import Manifest
+    from crdist.data.samples import make_decoder
+    from crdist.data.stream import read_split
+
+    manifest = Manifest.load(shards)
+    return read_split(manifest, 1, "train", make_decoder(manifest, study.model), study.data.stream_url)
+
+
+def _model(study, spec: dict):
+    from crdist.data.manifest import Manifest
+    from crdist.models.classifier import build_classifier
+    from crdist.models.weights import load_into
+
+    manifest = Manifest.load(spec["shards"])
+    model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed,
+                             image_size=manifest.image_size)
+    load_into(model, spec["initial"])
+    return model
+
+
+def _batches(inputs, labels, batch: int, rank: int, world: int):
+    """This rank's share of consecutive global batches, cycling over the in-memory split."""
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(order) - batch * world + 1, batch * world):
+            index = order[start + rank * batch:start + (rank + 1) * batch]
+            yield inputs[index], labels[index]
+
+
+def _accelerate_loop(study, spec: dict, inputs, labels, total: int, world: int) -> float:
+    from accelerate import Accelerator, DeepSpeedPlugin
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from crdist.train.engine import _share_fp32_partitions_in_zero3, deepspeed_config
+
+    if study.train.zero_stage == 3:
+        _share_fp32_partitions_in_zero3()
+    accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=deepspeed_config(study.train, world)),
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    model = _model(study, spec)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=study.train.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    batches = _batches(inputs, labels, study.train.batch_size, accelerator.process_index, world)
+    times = []
+    for step in range(1, total + 1):
+        x, y = next(batches)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append((step, time.perf_counter()))
+    return _steady_rate(times, study.train.batch_size * world)
+
+
+def _ddp_loop(study, spec: dict, inputs, labels, total: int, world: int, rank: int) -> float:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = DistributedDataParallel(_model(study, spec))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=study.train.lr)
+    batches = _batches(inputs, labels, study.train.batch_size, rank, world)
+    times = []
+    for step in range(1, total + 1):
+        x, y = next(batches)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append((step, time.perf_counter()))
+    dist.destroy_process_group()
+    return _steady_rate(times, study.train.batch_size * world)
