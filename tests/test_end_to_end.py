@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from crdist.bench import overhead
 from crdist.evaluate.metrics import summarize
 from tests import fixtures
 from tests.conftest import ROOT
@@ -112,3 +113,25 @@ def test_a_text_study_runs_with_a_local_encoder_and_its_tokenizer(tmp_path):
     summary = json.loads((run / "models" / "lpft" / "c_2.train.json").read_text())
     assert summary["steps"] >= 1 and summary["engine"] == "DEEPSPEED"
     assert len(list((run / "eval").rglob("*.json"))) == (1 + 2) * 2
+
+
+def test_the_wall_time_split_of_a_real_run_adds_up(finished_run):
+    tmp_path, _ = finished_run
+    run = tmp_path / "runs" / "short"
+    figures = overhead.analyse(run)
+    trains = [json.loads(p.read_text()) for p in (run / "models").glob("*/c_*.train.json")]
+    assert figures["train_jobs"] == len(trains) == 4 and figures["eval_jobs"] == 10
+    assert figures["train_compute_seconds"] == pytest.approx(sum(t["seconds"] for t in trains))
+    for part in ("train_start_seconds", "train_engine_seconds", "train_compute_seconds", "train_end_seconds",
+                 "eval_seconds", "wall_with_neither"):
+        assert figures[part] > 0, part
+    # Unions over the wall clock: never more than the wall, never less than their largest part.
+    assert figures["wall_with_training_compute"] <= figures["wall_with_either"] <= figures["wall_seconds"]
+    assert figures["wall_with_evaluation"] <= figures["wall_with_either"]
+    # Each job's pieces sit inside its journal interval: submitted ≤ entered ≤ first step ≤ finished.
+    _, _, spans, _ = overhead.spans(run)
+    for s in spans:
+        assert s.submitted <= s.entered <= s.first_step <= s.first_step + s.compute <= s.finished, s
+    png = run / "report" / "timeline.png"
+    overhead.plot_timeline(run, png)
+    assert png.stat().st_size > 10_000

@@ -65,6 +65,7 @@ def bench_overhead(run_dir: Path | None, config: Path, overrides: list[str], run
             return code
     figures = analyse(run_dir, command_seconds)
     figures["bare_start_seconds"] = bare_start(run_dir)
+    figures["ray_train_fixed_seconds"] = ray_train_fixed_cost(load_workers(run_dir))
     _print(figures)
     png = run_dir / "report" / "timeline.png"
     plot_timeline(run_dir, png)
@@ -73,6 +74,43 @@ def bench_overhead(run_dir: Path | None, config: Path, overrides: list[str], run
         json_out.write_text(json.dumps(figures, indent=1))
         print(f"wrote {json_out}")
     return 0
+
+
+def load_workers(run_dir: Path) -> int:
+    from crdist.study import load_study
+
+    return load_study(run_dir / "config.yaml").train.workers
+
+
+def ray_train_fixed_cost(workers: int) -> float:
+    """Seconds of ``TorchTrainer.fit`` for a train function that does nothing, on ``workers`` workers
+    of a private Ray cluster (the second of two, so that Ray's own first start is not counted):
+    what Ray Train costs per job whatever crdist does."""
+    import logging
+    import os
+    import tempfile
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as crdist's own cluster
+    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="crdist-ray-train-") as storage:
+            for attempt in range(2):
+                started = time.time()
+                TorchTrainer(_nothing, scaling_config=ScalingConfig(num_workers=workers),
+                             run_config=RunConfig(name=f"empty-{attempt}", storage_path=storage)).fit()
+                seconds = time.time() - started
+    finally:
+        ray.shutdown()
+    return seconds
+
+
+def _nothing(config: dict) -> None:
+    pass
 
 
 def bare_start(run_dir: Path) -> float | None:
@@ -160,11 +198,16 @@ def _last_attempt(run_dir: Path, label: str, first: bool) -> float | None:
 
 def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]:
     journal = _journal(run_dir)
-    run_start = max(e["time"] for e in journal if e["event"] == "run")  # the last (re)start
-    journal = [e for e in journal if e["time"] >= run_start]
+    # The last invocation of the run that trained anything (a rerun of a finished run trains nothing),
+    # up to its report.
+    starts = [i for i, e in enumerate(journal) if e["event"] == "run"]
+    begin = max((i for i in starts if any(e["event"] == "started" for e in journal[i:])), default=starts[-1])
+    end = next((i + 1 for i in range(begin, len(journal)) if journal[i]["event"] == "report"), len(journal))
+    journal = journal[begin:end]
+    run_start = journal[0]["time"]
     started = {e["job"]: e["time"] for e in journal if e["event"] == "started"}
     finished = {e["job"]: e["time"] for e in journal if e["event"] == "finished"}
-    report = max((e["time"] for e in journal if e["event"] == "report"), default=max(finished.values()))
+    report = journal[-1]["time"]
     trains = []
     for job, submitted in started.items():
         if not job.startswith("train/") or job not in finished:
@@ -254,6 +297,9 @@ def _print(f: dict) -> None:
         print(f"  bare launch → first step   {f['bare_start_seconds']:8.1f} s   (the same worker without Ray: "
               f"process start, imports, process group, engine); quickest job / bare = "
               f"{f['job_ready_seconds_min'] / f['bare_start_seconds']:.2f} (target ≤ 1.5)")
+    if f.get("ray_train_fixed_seconds"):
+        print(f"  Ray Train, empty function  {f['ray_train_fixed_seconds']:8.1f} s   (TorchTrainer.fit of a function "
+              "that does nothing, same workers: Ray Train's own cost per job)")
     print(f"eval jobs                    {f['eval_jobs']:8d}   {f['eval_seconds']:8.1f} s in all")
     print(f"report                       {f['report_seconds']:8.1f} s")
     print("on the wall clock:")

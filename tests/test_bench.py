@@ -1,0 +1,41 @@
+"""The benchmarks' own arithmetic and fairness: interval unions, the steady rate, and the raw-file
+loader reading exactly the samples the stream does. (The wall-time split of a real run through Ray
+is tested in test_end_to_end.py, on its run.)"""
+
+import pytest
+import torch
+
+from crdist.bench import overhead
+from crdist.bench.data import _raw_files, _write_image_folder
+from crdist.bench.train import WARMUP_STEPS, _steady_rate
+from crdist.data.manifest import Manifest
+from crdist.data.samples import make_decoder
+from crdist.data.stream import read_split
+from crdist.models.config import ModelConfig
+
+
+def test_interval_unions_count_overlaps_once():
+    assert overhead._union([(0, 2), (1, 3), (5, 6)]) == 4
+    assert overhead._union([(0, 10), (2, 3)]) == 10
+
+
+def test_the_steady_rate_leaves_out_the_warm_up():
+    # 1 s per step during warm-up, 0.1 s after: the rate is the fast one's.
+    times, at = [], 0.0
+    for step in range(1, WARMUP_STEPS + 21):
+        at += 1.0 if step <= WARMUP_STEPS else 0.1
+        times.append((step, at))
+    assert _steady_rate(times, global_batch=32) == pytest.approx(320.0)
+
+
+def test_the_raw_file_loader_reads_the_streams_samples(tmp_path, digits_shards):
+    manifest = Manifest.load(digits_shards)
+    decode = make_decoder(manifest, ModelConfig())
+    files = _write_image_folder(manifest, tmp_path)
+    stream_inputs, stream_labels = read_split(manifest, 1, "train", decode)
+    batches = list(_raw_files(files, decode, batch=len(files), workers=0, epoch=0))
+    (raw_inputs, raw_labels), = batches
+    # The same multiset of (image, label), in another order.
+    key = lambda x, y: sorted(zip(x.flatten(1).tolist(), y.tolist()))  # noqa: E731
+    assert key(raw_inputs, raw_labels) == key(stream_inputs, stream_labels)
+    assert torch.equal(raw_labels.sort().values, stream_labels.sort().values)
