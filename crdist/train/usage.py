@@ -98,6 +98,9 @@ def training_flops_per_sample(model_cfg, manifest) -> float | None:
     with torch.device("meta"):
         model = build_classifier(model_cfg, manifest.in_channels, manifest.num_classes, seed=0,
                                  image_size=manifest.image_size)
+        # Eval mode: the same FLOPs, and BatchNorm accepts one sample whose feature map is 1 × 1
+        # (train mode refuses a single value per channel: ResNet on 8 × 8 digits).
+        model.eval()
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, channels, height, width))
     return 3.0 * counter.get_total_flops()
