@@ -118,17 +118,15 @@ def bare_start(run_dir: Path) -> float | None:
     per rank, as ``torchrun`` or ``accelerate launch`` start them) to its first training step."""
     import tempfile
 
-    import torch.multiprocessing as mp
-
+    from crdist.bench.ranks import spawn_ranks
     from crdist.study import load_study
 
     study = load_study(run_dir / "config.yaml")
     shards = _shards_of(run_dir)
     with tempfile.TemporaryDirectory(prefix="crdist-bare-start-") as tmp:
         launched = time.time()
-        mp.spawn(_bare_rank, args=(study.train.workers, _free_port(), str(run_dir / "config.yaml"), shards,
-                                   str(run_dir / "models" / "c_0.safetensors"), tmp),
-                 nprocs=study.train.workers, join=True)
+        spawn_ranks(_bare_rank, study.train.workers, str(run_dir / "config.yaml"), shards,
+                    str(run_dir / "models" / "c_0.safetensors"), tmp)
         first_step = json.loads((Path(tmp) / "first_step.json").read_text())["time"]
     return first_step - launched
 
@@ -140,19 +138,7 @@ def _shards_of(run_dir: Path) -> str:
     return str(prepare(load_study(run_dir / "config.yaml").data, log=lambda line: None).root)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _bare_rank(rank: int, world: int, port: int, config: str, shards: str, initial: str, out: str) -> None:
-    import os
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _bare_rank(rank: int, world: int, config: str, shards: str, initial: str, out: str) -> None:
     from dataclasses import replace
 
     from crdist.study import load_study

@@ -34,8 +34,7 @@ LOOPS = ("crdist", "accelerate", "ddp")
 
 def bench_train(config: Path, overrides: list[str], stages: list[int], steps: int, json_out: Path | None,
                 loops: tuple[str, ...] = LOOPS) -> int:
-    import torch.multiprocessing as mp
-
+    from crdist.bench.ranks import spawn_ranks
     from crdist.data.prepare import prepare
     from crdist.study import load_study
 
@@ -55,7 +54,7 @@ def bench_train(config: Path, overrides: list[str], stages: list[int], steps: in
             out.mkdir()
             spec = {"loop": loop, "stage": stage, "steps": steps, "shards": str(manifest.root),
                     "initial": str(initial), "out": str(out), "config": str(config), "overrides": list(overrides)}
-            mp.spawn(_rank_main, args=(world, _free_port(), spec), nprocs=world, join=True)
+            spawn_ranks(_rank_main, world, spec)
             ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
             rows.append({"loop": loop, "zero_stage": stage, "samples_per_second": ranks[0]["samples_per_second"],
                          "peak_memory_bytes": [r["peak_memory_bytes"] for r in ranks],
@@ -94,17 +93,7 @@ def _write_initial(study, manifest, path: Path) -> None:
     save_weights(model.state_dict(), path)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, port: int, spec: dict) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _rank_main(rank: int, world: int, spec: dict) -> None:
     from crdist.study import load_study
     from crdist.train.usage import current_memory_bytes, peak_memory_bytes, reset_peak_memory, \
         return_large_frees_to_the_system
