@@ -81,6 +81,44 @@ def test_a_buffer_reloaded_from_its_state_draws_exactly_what_the_original_draws(
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(buffer.inputs, copy.inputs)
 
 
+@pytest.mark.parametrize("old_world, new_world", [(2, 1), (1, 2), (2, 3)])
+def test_reservoirs_resharded_for_another_worker_count_keep_every_sample_and_load(old_world, new_world):
+    size = 7
+    old = [ReservoirBuffer.for_rank(size, seed=0, method="der", rank=r, world=old_world, keep_logits=True)
+           for r in range(old_world)]
+    for r, buffer in enumerate(old):
+        for seed in range(3):
+            inputs, labels = batch(10 * r + seed)
+            buffer.add(inputs, labels, task=1 + seed % 2, logits=torch.randn(len(labels), 4))
+    states = ReservoirBuffer.reshard([roundtrip(b.state_dict()) for b in old], new_world, seed=0, method="der")
+    assert len(states) == new_world
+    rows = lambda buffers: sorted(  # noqa: E731  (input, label, logits, task) of every stored sample
+        (x.flatten().tolist(), int(y), z.tolist(), int(t)) for b in buffers
+        for x, y, z, t in zip(b["inputs"], b["labels"], b["logits"], b["tasks"]))
+    assert rows(states) == rows([b.state_dict() for b in old])
+    assert sum(s["seen"] for s in states) == sum(b.seen for b in old)
+    for rank, state in enumerate(states):
+        # Each loads into the buffer that rank builds for the new world size, and keeps working.
+        buffer = ReservoirBuffer.for_rank(size, seed=0, method="der", rank=rank, world=new_world, keep_logits=True)
+        buffer.load_state_dict(state)
+        assert len(buffer) <= buffer.capacity
+        inputs, labels = batch(99)
+        buffer.add(inputs, labels, task=3, logits=torch.randn(len(labels), 4))
+        assert len(buffer) == buffer.capacity
+
+
+def test_state_that_is_the_same_on_every_rank_is_given_to_new_ranks_and_different_state_is_refused():
+    from crdist.methods.base import ReshardError
+
+    ewc = METHODS.get("ewc")
+    same = {"fisher": {"w": torch.ones(3)}, "anchor": {"w": torch.zeros(3)}}
+    given = ewc.reshard_state([same, roundtrip(same)], 3, seed=0)
+    assert len(given) == 3 and all(state is same for state in given)
+    different = {"fisher": {"w": torch.full((3,), 2.0)}, "anchor": {"w": torch.zeros(3)}}
+    with pytest.raises(ReshardError, match="ewc: its 2 workers hold different state"):
+        ewc.reshard_state([same, different], 1, seed=0)
+
+
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_fastest_along_high_fisher_directions():
     net = model()
     ewc = build_method("ewc", context("ewc", batches=lambda epoch: iter([batch(0), batch(1)])),

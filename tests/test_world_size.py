@@ -122,27 +122,28 @@ def _rank_main_killable(rank: int, world: int, port: int, job: TrainJob, events_
             json.dump(events, f)
 
 
-def _resharding_job(directory, shards, world: int, zero_stage: int) -> TrainJob:
+def _resharding_job(directory, shards, world: int, zero_stage: int, method: str = "sgd") -> TrainJob:
     cfg = study(
         data={"shards": str(shards)},
         model={"backbone": "small-cnn-gn"},
-        train={"methods": ["sgd"], "workers": world, "batch_size": 8, "global_batch": GLOBAL_BATCH,
+        train={"methods": [method], "workers": world, "batch_size": 8, "global_batch": GLOBAL_BATCH,
                "zero_stage": zero_stage, "epochs": 2, "data_order": "global", "loader_workers": 2, "log_every": 1},
         checkpoint={"every_steps": 5},
     )
     c0 = directory.parent / "c_0.safetensors"
     if not c0.is_file():
         save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), c0)
-    return TrainJob.from_study(cfg, "sgd", task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
+    return TrainJob.from_study(cfg, method, task=1, num_tasks=5, shards=str(shards), init_weights=str(c0),
                                output=str(directory / "c_1.safetensors"), checkpoints=str(directory / "checkpoints"),
-                               log_dir=str(directory / "logs"))
+                               log_dir=str(directory / "logs"), output_state=str(directory / "c_1.state"))
 
 
-def _run(directory, shards, world: int, zero_stage: int, kill_at_step=None) -> tuple[list[dict], TrainJob]:
+def _run(directory, shards, world: int, zero_stage: int, kill_at_step=None, method: str = "sgd"
+         ) -> tuple[list[dict], TrainJob]:
     import json
 
     directory.mkdir(parents=True, exist_ok=True)
-    job = _resharding_job(directory, shards, world, zero_stage)
+    job = _resharding_job(directory, shards, world, zero_stage, method)
     events = directory / f"events-{world}.json"
     mp.spawn(_rank_main_killable, args=(world, free_port(), job, str(events), kill_at_step), nprocs=world, join=True)
     return json.loads(events.read_text()), job
@@ -168,3 +169,24 @@ def test_a_run_killed_on_two_ranks_resumes_on_one_with_the_same_global_batch(zer
     c0 = load_weights(job.init_weights)
     gap = relative_difference(load_weights(job.output), load_weights(ref_job.output), c0)
     assert gap <= TOLERANCE, f"{gap:.2e}"
+
+
+def test_a_replay_method_killed_on_two_ranks_resumes_on_one_with_its_buffers_merged(tmp_path, digits_shards,
+                                                                                     deepspeed_cpu_op):
+    """ER keeps a reservoir per rank; resumed on one rank, the two reservoirs of the checkpoint are
+    dealt into one, every stored sample kept, and training goes on from the checkpoint's step."""
+    import torch
+
+    with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
+        _run(tmp_path / "er", digits_shards, world=2, zero_stage=2, kill_at_step=10, method="er")
+    checkpoint = tmp_path / "er" / "checkpoints" / "step-000005"
+    before = [torch.load(checkpoint / f"method-rank{r}.pt", weights_only=True)["buffer"] for r in (0, 1)]
+    resumed, job = _run(tmp_path / "er", digits_shards, world=1, zero_stage=2, method="er")
+    assert resumed[0]["kind"] == "start" and resumed[0]["step"] == 5
+    trained = [e for e in resumed if e["kind"] == "train"]
+    steps = trained[-1]["steps"]
+    assert trained[-1]["step"] == steps
+    after = torch.load(tmp_path / "er" / "c_1.state" / "rank-0.pt", weights_only=True)["buffer"]
+    # The merged reservoir went on from both: it saw what they had seen, plus the steps after 5.
+    assert after["seen"] == sum(b["seen"] for b in before) + (steps - 5) * GLOBAL_BATCH
+    assert after["capacity"] == sum(b["capacity"] for b in before)

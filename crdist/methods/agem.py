@@ -90,6 +90,11 @@ class AGEM(Method):
     def state_dict(self) -> dict:
         return {"memory": self.memory.state_dict()}
 
+    @classmethod
+    def reshard_state(cls, states: list[dict], world: int, seed: int) -> list[dict]:
+        memories = ReservoirBuffer.reshard([s["memory"] for s in states], world, seed, cls.name)
+        return [{"memory": memory} for memory in memories]
+
     def load_state_dict(self, state: dict) -> None:
         self.memory.load_state_dict(state["memory"])
 

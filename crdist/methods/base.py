@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from crdist.data.manifest import TaskRecord
+from crdist.errors import CrdistError
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,17 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    @classmethod
+    def reshard_state(cls, states: list[dict], world: int, seed: int) -> list[dict]:
+        """The per-rank states that ``len(states)`` ranks wrote, for ``world`` ranks (a resume on
+        another number of workers). A state that is the same on every rank (an all-reduced Fisher,
+        importances from the averaged gradient) goes to every new rank as it is; a method whose
+        ranks hold different state (a replay buffer per rank) overrides this."""
+        if all(_same(states[0], other) for other in states[1:]):
+            return [states[0]] * world
+        raise ReshardError(f"{cls.name}: its {len(states)} workers hold different state, which it cannot "
+                           f"re-shard for {world}; resume it with train.workers={len(states)}")
+
     def state_bytes(self) -> int:
         """Memory this method holds on this rank (buffers, importances), for the logs."""
         return sum(t.numel() * t.element_size() for t in _tensors(self.state_dict()))
@@ -136,6 +148,20 @@ class Method:
         if self._mask is None:
             return logits
         return logits.masked_fill(self._mask.to(logits.device), float("-inf"))
+
+
+class ReshardError(CrdistError, ValueError):
+    pass
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _tensors(value) -> Iterator[torch.Tensor]:

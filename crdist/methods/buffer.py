@@ -64,6 +64,37 @@ class ReservoirBuffer:
         logits = self.logits[index] if self.logits is not None else None
         return take(self.inputs, index), self.labels[index], logits, self.tasks[index]
 
+    @staticmethod
+    def reshard(states: list[dict], world: int, seed: int, method: str) -> list[dict]:
+        """The reservoirs of ``len(states)`` old ranks dealt out to ``world`` new ones (a resume on
+        another number of workers). Every stored sample is kept: the total size does not change, and
+        the samples are dealt in turn, so each new rank holds a mix of every old rank's. Each new
+        reservoir has seen its share of what the old ones saw, and gets a generator of its own
+        (seeded by the new rank and the old world size, so the resume is deterministic)."""
+        size = sum(s["capacity"] for s in states)
+        seen = sum(s["seen"] for s in states)
+        held = [s for s in states if len(s["labels"])]
+        pooled = {
+            "inputs": concat([s["inputs"] for s in held]) if held else None,
+            "labels": torch.cat([s["labels"] for s in states]),
+            "tasks": torch.cat([s["tasks"] for s in states]),
+            "logits": torch.cat([s["logits"] for s in held]) if held and held[0]["logits"] is not None else None,
+        }
+        out = []
+        for rank in range(world):
+            mine = torch.arange(rank, len(pooled["labels"]), world)
+            generator = torch.Generator().manual_seed(derive_seed(seed, "buffer", method, rank, "resharded", len(states)))
+            out.append({
+                "capacity": rank_capacity(size, rank, world),
+                "seen": rank_capacity(seen, rank, world),
+                "inputs": take(pooled["inputs"], mine) if pooled["inputs"] is not None and len(mine) else None,
+                "labels": pooled["labels"][mine],
+                "logits": pooled["logits"][mine] if pooled["logits"] is not None and len(mine) else None,
+                "tasks": pooled["tasks"][mine],
+                "generator": generator.get_state(),
+            })
+        return out
+
     def nbytes(self) -> int:
         tensors = [self.labels, self.tasks] + ([self.logits] if self.logits is not None else [])
         tensors += list(self.inputs.values()) if isinstance(self.inputs, dict) else [self.inputs] if self.inputs is not None else []

@@ -76,6 +76,11 @@ class DER(Method):
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict()}
 
+    @classmethod
+    def reshard_state(cls, states: list[dict], world: int, seed: int) -> list[dict]:
+        buffers = ReservoirBuffer.reshard([s["buffer"] for s in states], world, seed, cls.name)
+        return [{"buffer": buffer} for buffer in buffers]
+
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
 

@@ -72,6 +72,13 @@ class LUMP(Method):
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict(), "mixing": self.mixing.getstate()}
 
+    @classmethod
+    def reshard_state(cls, states: list[dict], world: int, seed: int) -> list[dict]:
+        buffers = ReservoirBuffer.reshard([s["buffer"] for s in states], world, seed, cls.name)
+        mixing = [random.Random(derive_seed(seed, "mixup", cls.name, rank, "resharded", len(states)))
+                  for rank in range(world)]
+        return [{"buffer": buffer, "mixing": m.getstate()} for buffer, m in zip(buffers, mixing)]
+
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.mixing.setstate(_as_tuple(state["mixing"]))

@@ -174,17 +174,21 @@ class TaskCheckpoints:
                 f"{checkpoint} was written by {written_by} workers; resuming it on {world} keeps its global batch "
                 f"only with train.global_batch set (the batches per step then adapt), or with "
                 f"train.workers={written_by}")
-        if any(checkpoint.glob("method-rank*.pt")):
-            raise CheckpointError(
-                f"{checkpoint} was written by {written_by} workers, and its method keeps state per worker (replay "
-                f"buffers, importances); resume it with train.workers={written_by}")
 
-    def method_state(self, rank: int) -> dict:
-        """This rank's method state in the checkpoint ``load`` restored ({} when it kept none)."""
-        if self.resharded_from is not None:
-            return {}  # refused in load() when there was any
-        path = self.loaded / f"method-rank{rank}.pt"
-        return torch.load(path, weights_only=True) if path.is_file() else {}
+    def method_state(self, rank: int, reshard=None) -> dict:
+        """This rank's method state in the checkpoint ``load`` restored ({} when it kept none).
+        After a resume on another number of workers, every old rank's state is read and
+        ``reshard(states)`` gives the new ranks' (the method's ``reshard_state``)."""
+        if self.resharded_from is None:
+            path = self.loaded / f"method-rank{rank}.pt"
+            return torch.load(path, weights_only=True) if path.is_file() else {}
+        paths = [self.loaded / f"method-rank{r}.pt" for r in range(self.resharded_from)]
+        if not any(p.is_file() for p in paths):
+            return {}
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise CheckpointError(f"{self.loaded}: method state missing for some workers: {', '.join(missing)}")
+        return reshard([torch.load(p, weights_only=True) for p in paths])[rank]
 
     def clear(self) -> None:
         """Drop the task's checkpoints once its final weights are safely written. Renamed first,

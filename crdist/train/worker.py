@@ -223,9 +223,9 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
     if start.step:
         log.info("%s: resuming from the checkpoint at step %d (epoch %d, batch %d)", job.label, start.step,
                  start.epoch, start.batch_in_epoch)
-        method.load_state_dict(checkpoints.method_state(rank))
+        method.load_state_dict(checkpoints.method_state(rank, _resharder(job, world)))
     else:
-        carried = load_method_state(job.init_state, rank, world)
+        carried = load_method_state(job.init_state, rank, world, _resharder(job, world))
         if carried is not None:
             method.load_state_dict(carried)
         method.start_task(model)
@@ -394,16 +394,30 @@ def _backward_and_step(run: _Run, loss, lr: float, boundary: bool = True) -> Non
     engine.step()
 
 
-def load_method_state(directory: str | None, rank: int, world: int) -> dict | None:
-    """The state a method carried out of the previous task on this rank; None when it kept none."""
+def load_method_state(directory: str | None, rank: int, world: int, reshard=None) -> dict | None:
+    """The state a method carried out of the previous task on this rank; None when it kept none.
+    Written by another number of workers, every old rank's state is read and ``reshard(states)``
+    gives the new ranks'."""
     if directory is None or not Path(directory).is_dir():
         return None
-    path = Path(directory) / f"rank-{rank}.pt"
     written_by = len(list(Path(directory).glob("rank-*.pt")))
-    if written_by != world or not path.is_file():
+    if written_by == 0:
+        return None
+    paths = [Path(directory) / f"rank-{r}.pt" for r in range(written_by)]
+    if not all(p.is_file() for p in paths):
+        raise CheckpointError(f"{directory}: the method's state files are not rank-0 … rank-{written_by - 1}")
+    if written_by == world:
+        return torch.load(paths[rank], weights_only=True)
+    if reshard is None:
         raise CheckpointError(f"{directory}: the method's state was written by {written_by} workers; continue with "
-                         f"train.workers={written_by} (replay buffers and importances are kept per rank)")
-    return torch.load(path, weights_only=True)
+                              f"train.workers={written_by}")
+    log.info("%s: the method's state of %d workers re-sharded for %d", directory, written_by, world)
+    return reshard([torch.load(p, weights_only=True) for p in paths])[rank]
+
+
+def _resharder(job: TrainJob, world: int):
+    """``states → states``: the method's own re-sharding of its per-rank state for ``world`` ranks."""
+    return lambda states: method_class(job.method).reshard_state(states, world, job.seed)
 
 
 def _next_batch(run: _Run, epoch: int, batch_in_epoch: int) -> tuple[int, int]:
