@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument(
         "benchmark", nargs="?", help="seq-digits, seq-cifar10, seq-cifar100, seq-tinyimagenet, fmow, seq-fashion-mnist, "
-        "text-5, sentiment-domains, imagefolder or csv"
+        "text-5, sentiment-domains, imagefolder, csv or hf (a local Hugging Face dataset)"
     )
     prepare.add_argument("--out", type=Path, help="output directory for shards and manifest")
     prepare.add_argument("--root", help="where the raw dataset lives (when the benchmark needs one)")

@@ -253,6 +253,20 @@ def test_imagefolder_and_csv_with_tasks_named_by_class(tmp_path):
             name = names[int(sample["cls"])]
             matches = [p for p in (root / "test" / name).iterdir() if p.read_bytes() == sample["png"]]
             assert len(matches) == 1  # stored byte for byte, under its own class
+        assert manifest.image.channels == 3
+
+
+def test_an_imagefolder_of_grayscale_images_streams_one_channel_until_one_image_has_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "gray"
+    for name in ("a", "b"):
+        (root / "train" / name).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(root / "train" / name / f"{k}.png")
+    manifest = prepared(tmp_path / "one", "imagefolder", root, adapt_per_class=2, test_fraction=0.34)
+    assert manifest.image.channels == 1 and len(manifest.image.mean) == 1
+    Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(root / "train" / "a" / "9.png")
+    assert prepared(tmp_path / "three", "imagefolder", root, adapt_per_class=2, test_fraction=0.34).image.channels == 3
 
 
 # -- no silent changes: a stream is what was asked for, or a clear error ------------------------------

@@ -28,6 +28,31 @@ class TextOptions:
 
 
 @dataclass(frozen=True)
+class HFOptions:
+    """benchmark: hf — a local Hugging Face dataset at data.root, read through `datasets`, offline."""
+
+    # auto: a save_to_disk directory, an image folder (train/<class>/…), or parquet / CSV / JSON
+    # files, told apart by what data.root holds.
+    format: Literal["auto", "disk", "parquet", "csv", "json", "imagefolder"] = "auto"
+    # parquet / csv / json / imagefolder: split name → file name(s) or glob(s), relative to
+    # data.root; null = what `datasets` finds there (a file given as data.root is the train split).
+    data_files: dict[str, list[str]] | None = None
+    # The column holding the input: an image (Image feature) or a text (string). null = the one
+    # image column, else a column named "text".
+    input: str | None = None
+    # The label column: a ClassLabel (its names are the classes), integers or strings (the sorted
+    # distinct values are the classes).
+    label: str = "label"
+    train_split: str = "train"
+    # null = "test" when the dataset has it, else a test_fraction of each class is held out.
+    test_split: str | None = None
+    # Domain-incremental: a column whose values are the tasks, in the order of ``domains``
+    # (null = sorted). Without it, tasks are classes (classes_per_task or task_classes).
+    domain: str | None = None
+    domains: list[str | int] | None = None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     benchmark: str = "seq-digits"
     # Where the raw dataset lives (a folder; the CSV file for `csv`). seq-digits needs none.
@@ -67,6 +92,7 @@ class DataConfig:
     skip_corrupt: bool = False
     fmow: FMoWOptions = field(default_factory=FMoWOptions)
     text: TextOptions = field(default_factory=TextOptions)
+    hf: HFOptions = field(default_factory=HFOptions)
 
     def content_params(self) -> dict:
         """Every option that determines what the shards contain (not where they are)."""
@@ -76,6 +102,8 @@ class DataConfig:
         for key in ("train_per_class", "test_per_class"):  # added later: unset, they leave earlier hashes alone
             if params[key] is None:
                 params.pop(key)
+        if self.benchmark != "hf":  # added later too; only the hf benchmark reads it
+            params.pop("hf")
         return params
 
     def shards_dir(self) -> Path:
@@ -105,5 +133,7 @@ class DataConfig:
                 f"must be at least 1 (got {self.shard_size})")
         require(self.image_size is None or self.image_size >= 1, "image_size",
                 f"must be at least 1 (got {self.image_size})")
+        require(self.hf.domains is None or self.hf.domain is not None, "hf.domains",
+                "orders the values of the hf.domain column; set hf.domain too")
         require(self.stream_url is None or "{path}" in self.stream_url, "stream_url",
                 "must contain {path}, where each shard's path in the manifest goes")

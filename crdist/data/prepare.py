@@ -114,6 +114,14 @@ def _build(cfg: DataConfig, params: dict, directory: Path, log: Callable[[str], 
         source, tasks = BENCHMARKS.get(cfg.benchmark)(cfg)
     except TaskError as err:
         raise PrepareError(f"{cfg.benchmark}: {err}") from None
+    try:
+        return _write(cfg, params, directory, source, tasks, log)
+    finally:
+        if source.cleanup is not None:
+            source.cleanup()
+
+
+def _write(cfg: DataConfig, params: dict, directory: Path, source, tasks, log: Callable[[str], None]) -> Manifest:
     # Train and test first: writing them checks every image, so the adaptation subsets (drawn from
     # train) can pass over the unreadable ones that --skip-corrupt left out.
     plans, places = _plan(cfg, source, tasks, {t.index: t.indices for t in tasks})

@@ -14,6 +14,7 @@ from crdist.data.benchmarks import (  # noqa: E402,F401  (register themselves)
     fashion_mnist,
     fmow,
     folders,
+    hf,
     text,
     tinyimagenet,
 )

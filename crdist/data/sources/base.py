@@ -12,7 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from PIL import Image
@@ -31,7 +31,7 @@ class SourceSample:
     split: str  # the source's own split: "train" or "test" ("train" only when it has none)
     origin: str  # "data_batch_3 row 17", "…/val/images/val_12.JPEG", "train.csv line 9"
     domain: str = ""  # for domain-incremental streams: region, year, dataset or domain name
-    row: int | None = None  # into Source.arrays
+    row: int | None = None  # into Source.arrays, or the row of the split in Source.image_bytes's table
     path: Path | None = None  # an image file, stored as its original bytes
     text: str | None = None
 
@@ -51,6 +51,10 @@ class Source:
     # files, metadata CSVs, annotation lists, text files): with the image files, what reuse of a
     # preparation checks for changes.
     index_files: list[Path] = field(default_factory=list)
+    # Images held in a table (a Hugging Face dataset): the encoded image of a sample, read while
+    # the shards are written (in the forked shard writers, which share the memory-mapped table).
+    image_bytes: Callable[[SourceSample], bytes] | None = None
+    cleanup: Callable[[], None] | None = None  # removes what reading it left behind (a cache), once written
 
     def has_test_split(self) -> bool:
         return any(s.split == "test" for s in self.samples)
@@ -69,6 +73,9 @@ def encode(source: Source, sample: SourceSample, key: str) -> dict:
     elif sample.path is not None:
         data = read_bytes(sample.path)
         members[image_extension(data, sample.path)] = data
+    elif source.image_bytes is not None:
+        extension, data = stored_image(source.image_bytes(sample), sample.origin)
+        members[extension] = data
     else:
         members["png"] = png_bytes(source.arrays[sample.row])
     return members
@@ -94,6 +101,46 @@ def image_extension(data: bytes, path: Path) -> str:
     if data.startswith(b"\xff\xd8"):
         return "jpg"
     raise SourceError(f"{path}: not a PNG or JPEG image")
+
+
+def stored_image(data: bytes, where: str) -> tuple[str, bytes]:
+    """How an encoded image goes into a shard: PNG and JPEG byte for byte; any other format
+    Pillow reads (BMP, WebP, TIFF, GIF …) re-encoded as PNG, losslessly, in its own mode (a
+    grayscale image stays one channel)."""
+    if data.startswith(b"\x89PNG"):
+        return "png", data
+    if data.startswith(b"\xff\xd8"):
+        return "jpg", data
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+                image = image.convert("RGB")  # CMYK, YCbCr, …: PNG has no such mode
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=6)
+    except Exception as err:  # PIL raises many types for bad files
+        raise SourceError(f"{where}: unreadable or truncated image ({type(err).__name__}: {err})") from None
+    return "png", buffer.getvalue()
+
+
+# Pillow modes with one colour channel; "P" (a palette) counts as colour, since its palette may be.
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def image_mode(data: bytes | Path) -> str | None:
+    """The Pillow mode of an encoded image or an image file, from its header alone (no decoding);
+    None when it cannot be read (the shard writer then reports it, or skips it with --skip-corrupt)."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            return image.mode
+    except Exception:  # PIL raises many types for bad files
+        return None
+
+
+def channels_of(modes) -> int:
+    """1 when every readable image is grayscale (a grayscale set stays one channel), else 3."""
+    modes = {m for m in modes if m is not None}
+    return 1 if modes and modes <= GRAYSCALE_MODES else 3
 
 
 def check_image(data: bytes, where: str) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Generic image sources: a folder per split and class, or a CSV listing images and labels.
+"""Generic image sources: a folder per split and class, or a CSV listing images and labels. A set
+whose images are all grayscale streams one channel; any colour image makes it three.
 
     imagefolder:  <root>/train/<class>/*.png|jpg   and   <root>/test/<class>/…   (val/ counts as test)
     csv:          a file with a header row ``path,label[,split]``; paths relative to the CSV's folder,
@@ -10,7 +11,16 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from crdist.data.sources.base import Source, SourceError, SourceSample, fingerprint_files, require_dir, require_file
+from crdist.data.sources.base import (
+    Source,
+    SourceError,
+    SourceSample,
+    channels_of,
+    fingerprint_files,
+    image_mode,
+    require_dir,
+    require_file,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -34,7 +44,7 @@ def load_imagefolder(root: Path) -> Source:
                 key = f"{split_dir.name}-{class_dir.name}-{path.stem}"
                 samples.append(SourceSample(key, index[class_dir.name], split, str(path), path=path))
     return Source("imagefolder", "image", samples, classes, f"imagefolder:{fingerprint_files(files)}",
-                  f"image folders under {root}", channels=3)
+                  f"image folders under {root}", channels=channels_of(image_mode(p) for p in files))
 
 
 def load_image_csv(path: Path) -> Source:
@@ -59,4 +69,4 @@ def load_image_csv(path: Path) -> Source:
     samples = [SourceSample(f"{split}-{line:07d}", index[label], split, f"{image} ({path} line {line})", path=image)
                for line, image, label, split in rows]
     return Source("csv", "image", samples, classes, f"csv:{fingerprint_files([path])}", f"images listed in {path}",
-                  channels=3, index_files=[path])
+                  channels=channels_of(image_mode(s.path) for s in samples), index_files=[path])
