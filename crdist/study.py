@@ -21,6 +21,7 @@ from crdist.methods import METHODS
 from crdist.models.config import ModelConfig
 from crdist.orchestrate.config import ClusterConfig
 from crdist.train.checkpoint import CheckpointConfig
+from crdist.track.config import TrackingConfig
 from crdist.train.config import TrainConfig
 
 
@@ -67,6 +68,7 @@ StudyConfig = dataclasses.make_dataclass(
         ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
         ("evaluate", EvalConfig, field(default_factory=EvalConfig)),
         ("cluster", ClusterConfig, field(default_factory=ClusterConfig)),
+        ("tracking", TrackingConfig, field(default_factory=TrackingConfig)),
         *[(name, cls, field(default_factory=cls)) for name, cls in method_sections().items()],
     ],
     frozen=True,

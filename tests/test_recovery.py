@@ -27,6 +27,7 @@ STUDY = [
     "checkpoint.every_steps=10", "evaluate.finetune.steps=5", "data.augment=paper", "train.optimizer=sgd",
     "train.lr=0.01",
 ]
+TENSORBOARD = "tracking.tensorboard=true"
 
 
 def command(tmp_path, name, *extra):
@@ -80,6 +81,29 @@ def assert_same_results(run_dir, reference_dir, every_step_recorded=True, method
     recorded = {key(e) for e in trained}
     assert recorded == set(reference) if every_step_recorded else recorded <= set(reference)
     assert all(e["loss"] == reference[key(e)] for e in trained)
+
+
+def tensorboard_scalars(log_dir) -> dict:
+    """tag → [(step, value)] in the order logged, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reader = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    reader.Reload()
+    return {tag: [(e.step, e.value) for e in reader.Scalars(tag)] for tag in reader.Tags()["scalars"]}
+
+
+def scalars_of_events(run_dir) -> dict:
+    """(tag, step) → value of every scalar the run's events stand for, the first occurrence of each."""
+    from crdist.track.history import read_events
+    from crdist.track.scalars import Plan, scalars_of
+
+    recorded = [e.body for e in read_events(run_dir / "logs" / "events.jsonl")[0]]
+    plan = Plan({(e["method"], e["task"]): e["steps"] for e in recorded if e.get("kind") == "start"})
+    first = {}
+    for event in recorded:
+        for scalar in scalars_of(event, plan):
+            first.setdefault((scalar.tag, scalar.step), scalar.value)
+    return first
 
 
 def wait_until_gone(pids, timeout=60):
@@ -175,7 +199,7 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     run_dir = tmp_path / "runs" / "driver"
 
     # 1. SIGTERM to the driver: the train job checkpoints and the driver exits cleanly.
-    first = start(tmp_path, "driver")
+    first = start(tmp_path, "driver", TENSORBOARD)
     wait_for(checkpoint_at_least(run_dir, "lpft", 1, 10), 300, "a checkpoint of task 1", alive=first)
     first.send_signal(signal.SIGTERM)
     assert finish(first, timeout=120) == 143
@@ -185,9 +209,10 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     assert any(e["event"] == "stopped" and e["job"] == "train/lpft/1" for e in journal(run_dir))
 
     # 2. The same command continues; SIGKILL the driver in the middle of task 2.
-    second = start(tmp_path, "driver")
+    second = start(tmp_path, "driver", TENSORBOARD)
     wait_for(checkpoint_at_least(run_dir, "lpft", 2, 10), 300, "a checkpoint of task 2", alive=second)
-    intruder = subprocess.run(command(tmp_path, "driver"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    intruder = subprocess.run(command(tmp_path, "driver", TENSORBOARD), cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
     assert intruder.returncode == 1
     assert f"in use by another crdist driver (pid {second.pid} on " in intruder.stderr
     workers = [worker_pid(run_dir, "lpft", 2, rank) for rank in (0, 1)]
@@ -200,7 +225,7 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
         pass
 
     # 3. Once more: it finishes, redoing no finished job.
-    assert finish(start(tmp_path, "driver")) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert finish(start(tmp_path, "driver", TENSORBOARD)) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finished = finished_once(run_dir)
     assert finished["train/lpft/1"]["resumed_from"] == stop_checkpoint
     assert finished["train/lpft/2"]["resumed_from"] >= 10
@@ -213,6 +238,18 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     last_resume = finished["train/lpft/2"]["resumed_from"]
     task2 = {e["step"] for e in events(run_dir) if e.get("kind") == "train" and e["task"] == 2}
     assert set(range(last_resume + 1, 141)) <= task2  # the final run recorded every step it trained
+
+    # TensorBoard, fed by all three driver runs, holds each scalar of events.jsonl once: the steps
+    # that the resumed jobs trained again were not logged again.
+    logged = tensorboard_scalars(run_dir / "tracking" / "tensorboard")
+    for tag, points in logged.items():
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice"
+    want = scalars_of_events(run_dir)
+    assert {(tag, step) for tag, points in logged.items() for step, _ in points} == set(want)
+    assert all(value == pytest.approx(want[(tag, step)], rel=1e-6) for tag, points in logged.items()
+               for step, value in points)
+    assert {tag.split("/")[0] for tag in logged} == {"train", "eval", "report"}
 
 
 def test_a_study_across_two_nodes_survives_losing_one(reference):

@@ -31,6 +31,9 @@ from crdist.orchestrate.journal import Journal
 from crdist.orchestrate.leftovers import end_leftovers, end_processes, mark_environment, processes_of_run
 from crdist.orchestrate.rundir import RunDir
 from crdist.orchestrate.scheduler import Scheduler, StudyError, StudyStopped, eval_count
+from crdist.track.fanout import Tracking
+from crdist.track.history import marker as tracking_marker
+from crdist.track.scalars import Plan
 
 
 def run_study(study, config_source: str, address: str | None = None, run_dir: Path | None = None):
@@ -64,13 +67,21 @@ def _drive(study, config_source: str, address: str | None, run: RunDir, leftover
         console.print(f"ray    ended {len(leftovers)} process(es) that an earlier, killed driver of this run left "
                       f"running (pids {', '.join(map(str, leftovers))})")
     signals = _StopOnSignals()
+    tracking, outcome = None, "failed"
     try:
         with signals:
             console.print(
                 f"crdist run {study.name}: config {config_source} → {run.root}{' (continuing)' if resumed else ''}"
             )
-            return _run(study, run, address, console, journal, signals)
+            tracking = Tracking.open(study.tracking, study.name, run, console.print)
+            summary = _run(study, run, address, console, journal, signals, tracking)
+            outcome = "finished"
+            return summary
+    except KeyboardInterrupt:  # a second Ctrl-C
+        outcome = "stopped"
+        raise
     except StudyStopped as err:
+        outcome = "stopped"
         journal.record("run-stopped", signal=err.signal_name)
         console.log_only(f"stop   {err}")
         raise
@@ -80,10 +91,13 @@ def _drive(study, config_source: str, address: str | None, run: RunDir, leftover
             console.log_only("".join(traceback.format_exception(err.__cause__)))
         raise
     finally:
+        if tracking is not None:
+            tracking.close(outcome)
         console.close()
 
 
-def _run(study, run: RunDir, address: str | None, console: Console, journal: Journal, signals: "_StopOnSignals"):
+def _run(study, run: RunDir, address: str | None, console: Console, journal: Journal, signals: "_StopOnSignals",
+         tracking: Tracking | None):
     from crdist.report.write import write_report
 
     train = study.train
@@ -92,6 +106,7 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
     manifest.save(run.root)  # a copy, so the report can be rebuilt from the run directory alone
     console.print(f"data   {_describe_stream(manifest)}")
     steps = _steps_per_task(study, manifest)
+    _feed_trackers(tracking, steps, run, console)
     _write_initial_model(study, manifest, run, console)
     console.print(
         f"plan   {len(train.methods)} method(s) [{', '.join(train.methods)}] × {len(manifest.tasks)} tasks = "
@@ -112,9 +127,21 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
             signals.scheduler = None
     summary = write_report(run, study, manifest)
     journal.record("report")
+    console.record({"kind": "report", "tasks": len(manifest.tasks), "metrics": summary.metrics})
     console.print(f"done   study finished in {console.elapsed():.0f} s; report in {run.report}")
     console.plain(summary.table)
     return summary
+
+
+def _feed_trackers(tracking: Tracking | None, steps: dict, run: RunDir, console: Console) -> None:
+    """Catch the trackers up from events.jsonl and hand them every event from now on. The file
+    notes which trackers each driver run feeds (none too): how a later run knows what they hold."""
+    if tracking is None:
+        console.record(tracking_marker([]))
+        return
+    tracking.begin(Plan(steps), run.logs / "events.jsonl", console.record)
+    console.follow(tracking.record)
+    console.print(f"track  {', '.join(tracking.labels()) or 'no tracker'} → {run.tracking}")
 
 
 def _check_modality(study, manifest: Manifest) -> None:

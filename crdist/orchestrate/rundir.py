@@ -8,6 +8,7 @@
                 models/<method>/c_<i>.state/rank-<r>.pt   the method's state after task i, per rank
                 eval/c_0/0-<j>.json, eval/<method>/<i>-<j>.json
                 logs/driver.log, logs/events.jsonl, logs/train/*.log
+                tracking/               the experiment trackers' files (tracking: section)
                 ray/                    Ray Train's storage for the train jobs
                 report/
                 .driver.lock            held by the driver working on the run
@@ -51,6 +52,10 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / "tracking"
 
     @property
     def ray_storage(self) -> Path:
@@ -146,6 +151,7 @@ _EXECUTION_ONLY = (
     ("train", "max_preemption_failures"),
     ("train", "placement"),
     ("evaluate", "concurrent"),
+    ("tracking",),  # where progress is reported, not what is computed
 )
 
 

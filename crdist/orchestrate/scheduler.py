@@ -285,7 +285,8 @@ class Scheduler:
                 f"loss {result['first_loss']:.3f} → {result['final_loss']:.3f}"
                 + _peak_memory(result)
             )
-            self.console.record({"kind": "train_done", "job": job.label, **result})
+            self.console.record({"kind": "train_done", "job": job.label, **result,
+                                 "method": job.method, "task": job.task})
             self.trained(job.method, job.task)
         if job.kind == "train":
             self.start_waiting_trains()  # its slot is free
