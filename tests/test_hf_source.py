@@ -151,6 +151,18 @@ def test_csv_and_json_text_split_into_domains_in_the_given_order(tmp_path):
         for (_, row), sample in mine.items():
             assert sample["txt"].decode() == rows[row]["sentence"] and int(sample["cls"]) == rows[row]["stars"]
 
+    # The same texts saved with save_to_disk, the label a ClassLabel, and as parquet: the same stream.
+    labelled = table.cast_column("stars", ClassLabel(names=["one", "two", "three"]))
+    labelled.save_to_disk(tmp_path / "reviews")
+    labelled.to_parquet(tmp_path / "reviews.parquet")
+    for name, root in (("disk", tmp_path / "reviews"), ("parquet", tmp_path / "reviews.parquet")):
+        again = prepared(tmp_path, root, name=name, adapt_per_class=2,
+                         hf={"input": "sentence", "label": "stars", "domain": "site", "domains": ["news", "web", "mail"]})
+        assert again.class_names == ["one", "two", "three"]
+        assert streamed(again).keys() == got.keys()
+        assert all({k: (s["txt"], s["cls"]) for k, s in streamed(again)[key].items()} ==
+                   {k: (s["txt"], s["cls"]) for k, s in got[key].items()} for key in got)
+
     from_json = prepared(tmp_path, tmp_path, name="json", adapt_per_class=2, classes_per_task=3,
                          hf={"format": "json", "input": "sentence", "label": "stars",
                              "data_files": {"train": ["train.jsonl"], "test": ["test.jsonl"]}})
