@@ -273,14 +273,17 @@ def test_a_study_across_two_nodes_survives_losing_one(reference):
 def test_a_node_drained_for_preemption_checkpoints_at_once_and_the_job_resumes_from_that_step(reference):
     """The advance notice of a preemption: the worker node is drained (what a cloud's spot reclaim,
     or `ray start --block` given SIGTERM, does), then killed. The job checkpoints as soon as Ray
-    reports the drain, and restarts from that step instead of the last periodic checkpoint (none
-    here: every 100 steps). max_failures=0: only Ray Train's preemption budget can restart it."""
+    reports the drain, and restarts from that step; no periodic checkpoint falls inside the task
+    (every 1000 steps), so that step can only be the drain's. The drain is sent at step 1 and the
+    notice polled every 0.2 s, so that it lands mid-task however fast the 140 steps train.
+    max_failures=0: only Ray Train's preemption budget can restart it."""
     tmp_path, reference_dir = reference
     run_dir = tmp_path / "runs" / "drain"
     with two_nodes("6393") as (address, env):
         process = start(tmp_path, "drain", "train.placement=SPREAD", "cluster.address=" + address,
-                        "checkpoint.every_steps=100", "train.max_failures=0", env=env)
-        wait_for(lambda: last_step(run_dir, "lpft", 1) >= 10, 300, "step 10 of task 1", alive=process)
+                        "checkpoint.every_steps=1000", "checkpoint.preemption_poll_seconds=0.2",
+                        "train.max_failures=0", env=env)
+        wait_for(lambda: last_step(run_dir, "lpft", 1) >= 1, 300, "step 1 of task 1", alive=process)
         raylet = second_raylet()
         node_id = next(a.split("=", 1)[1] for a in raylet.cmdline() if a.startswith("--node_id="))
         drained_at = time.time()
@@ -299,7 +302,7 @@ def test_a_node_drained_for_preemption_checkpoints_at_once_and_the_job_resumes_f
         assert finish(process) == 0, (tmp_path / "drain.log").read_text()[-3000:]
 
     assert saved["method"] == "lpft" and saved["task"] == 1 and saved["preempted_nodes"] == [node_id]
-    assert saved["step"] < 100  # not a periodic checkpoint
+    assert 1 <= saved["step"] < 140  # mid-task, and no periodic checkpoint there to resume from instead
     restarts = [e for e in events(run_dir) if e.get("kind") == "start" and (e["method"], e["task"]) == ("lpft", 1)]
     assert [e["step"] for e in restarts] == [0, saved["step"]]  # resumed from the step of the drain
     assert finished_once(run_dir)["train/lpft/1"]["resumed_from"] == saved["step"]
