@@ -284,7 +284,8 @@ class _ImageBytes:
     """A sample → its encoded image, from the table's bytes or the file it points to."""
 
     def __init__(self, tables: dict, column: str):
-        self.tables = tables
+        # Only the image column: a row read from the whole table would decode every column.
+        self.tables = {split: table.select_columns([column]) for split, table in tables.items()}
         self.column = column
 
     def __call__(self, sample: SourceSample) -> bytes:
