@@ -52,7 +52,8 @@ def _datasets():
 
     datasets.config.HF_HUB_OFFLINE = True
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # Its own errors come back to crdist as exceptions and are reported once, naming the file.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     return datasets
 
 
@@ -137,8 +138,10 @@ def _read(root: Path, fmt: str, splits: dict, files: list[Path], options: HFOpti
             continue
         for name, table in chosen.items():
             if column not in table.column_names:
+                hint = ("; an image folder gets a label column from its class folders only when there are at "
+                        "least two" if fmt == "imagefolder" and key == "label" else "")
                 raise SourceError(f"data.hf.{key}: {root} has no column {column!r} in split {name!r}; its columns: "
-                                  f"{', '.join(table.column_names)}")
+                                  f"{', '.join(table.column_names)}{hint}")
     feature = first.features[input_column]
     if isinstance(feature, datasets.Image):
         modality = "image"
