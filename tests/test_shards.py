@@ -5,6 +5,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 
 from crdist.data.manifest import ImageInfo, Manifest, SplitRecord, TaskRecord
@@ -14,6 +15,7 @@ from crdist.data.sources.base import png_bytes
 from crdist.data.shards import verify, write_shards
 from crdist.data.sources.digits import load_digits
 from crdist.data.stream import RankStream, StreamError, StreamSpec, read_split
+from crdist.data.tarstream import TarFormatError, tar_members
 from tests.conftest import study
 
 
@@ -134,6 +136,70 @@ def test_a_truncated_shard_is_named_in_the_error(tmp_path):
     with pytest.raises(StreamError, match=str(shard)):
         read_split(manifest, 1, "train", DECODE)
     assert any(str(shard) in problem for problem in verify(manifest))
+
+
+def _archive(fmt) -> bytes:
+    """A tar in ``fmt`` with what other writers put in shards: long and non-ASCII names, a float
+    mtime (a PAX header per member), a directory, a symlink, an empty member, WebDataset metadata."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in [("d" * 90 + "/" + "x" * 80 + ".png", bytes(range(256)) * 3), ("b.cls", b"3"),
+                           ("ü/é.txt", "ä".encode()), ("e" * 120 + ".cls", b""), ("__meta__", b"m")]:
+            if fmt == tarfile.USTAR_FORMAT and len(name) > 100 and "/" not in name:
+                continue  # ustar cannot hold it
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0.5
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind in [("dir", tarfile.DIRTYPE), ("link", tarfile.SYMTYPE)]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "l" * (200 if fmt != tarfile.USTAR_FORMAT else 10)
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_tar_reader_gives_what_tarfile_gives(fmt):
+    raw = _archive(fmt)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isreg()]
+    assert len(expected) >= 4
+    assert list(tar_members(io.BytesIO(raw))) == expected
+
+
+def test_the_tar_reader_refuses_a_bad_checksum_and_a_truncation(tmp_path):
+    raw = bytearray(_archive(tarfile.USTAR_FORMAT))
+    raw[5] ^= 0x01  # one bit of the first member's name
+    with pytest.raises(TarFormatError, match="checksum"):
+        list(tar_members(io.BytesIO(bytes(raw))))
+    raw[5] ^= 0x01
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+        first = tar.getmembers()[0]
+    first_member_end = first.offset_data + -(-first.size // 512) * 512  # its data padded to whole blocks
+    for cut, reason in [(first_member_end, "end-of-archive"), (first_member_end - 100, "cut short"),
+                        (first_member_end + 100, "inside a member header")]:
+        with pytest.raises(TarFormatError, match=reason):
+            list(tar_members(io.BytesIO(bytes(raw[:cut]))))
+
+
+def test_a_shard_cut_at_a_member_boundary_is_named_in_the_error(tmp_path):
+    manifest = numbered_stream(tmp_path, [12] * 2)
+    shard = tmp_path / manifest.tasks[0].splits["train"].shards[0].path
+    with tarfile.open(shard) as tar:
+        third = tar.getmembers()[2]
+    shard.write_bytes(shard.read_bytes()[:third.offset])  # two whole members, nothing after them
+    with pytest.raises(StreamError, match=rf"{shard}: ends without the end-of-archive block"):
+        read_split(manifest, 1, "train", DECODE)
+
+
+def test_decoding_by_lookup_gives_the_floats_of_the_tensor_operations():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for channels, mean, std in [(1, [0.2860], [0.3530]), (3, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])]:
+        decoder = ImageDecoder(channels, mean, std)
+        pixels = levels[..., None] if channels == 1 else np.stack([levels, levels[::-1], levels.T], axis=-1)
+        sample = {"png": png_bytes(pixels), "cls": b"4"}
+        image, label = decoder(sample)
+        assert label == 4 and image.shape == (channels, 16, 16)
+        assert torch.equal(image, decoder.normalize(decoder.pixels(sample)))  # every level, bit for bit
 
 
 def test_a_corrupt_image_is_named_in_the_error(tmp_path):

@@ -36,7 +36,9 @@ def decode_pixels(sample: dict, channels: int, size: tuple[int, int] | None = No
     data = sample.get("png") or sample.get("jpg")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = image.convert({1: "L", 3: "RGB"}[channels])
+            mode = {1: "L", 3: "RGB"}[channels]
+            if image.mode != mode:  # converting to its own mode would only copy it
+                image = image.convert(mode)
             if size is not None and image.size != size:
                 image = image.resize(size, Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
@@ -53,9 +55,16 @@ class ImageDecoder:
         self.size = size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        # normalize(pixels()) of every 8-bit level in every channel, computed by those very
+        # operations, so a lookup gives the same floats bit for bit. One numpy lookup per image
+        # instead of six small torch operations: a third of the decoding time of an 8 × 8 digit.
+        levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(channels, 1, 256)
+        self._levels = self.normalize(levels.float().div_(255.0)).view(channels, 256).numpy()
+        self._channel = np.arange(channels).reshape(channels, 1, 1)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
-        return self.normalize(self.pixels(sample)), decode_label(sample)
+        pixels = decode_pixels(sample, self.channels, self.size)  # H × W × C
+        return torch.from_numpy(self._levels[self._channel, pixels.transpose(2, 0, 1)]), decode_label(sample)
 
     def pixels(self, sample: dict) -> torch.Tensor:
         """The image as C × H × W floats in [0, 1] (what augmentation works on)."""

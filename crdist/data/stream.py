@@ -33,6 +33,7 @@ import webdataset as wds
 from crdist.data.manifest import Manifest, ShardRecord
 from crdist.data.augment import AugmentingDecoder
 from crdist.data.samples import ImageDecoder, SampleError, collate, concat, take
+from crdist.data.tarstream import tar_to_samples
 from crdist.errors import CrdistError
 
 
@@ -129,7 +130,7 @@ class RankStream:
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
-            wds.tarfile_to_samples(handler=_name_the_shard),
+            tar_to_samples(handler=_name_the_shard),
             # The same seed in every loader worker is fine: each shuffles different shards.
             wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(shuffle_seed)),
             wds.map(self._decoder(epoch)),
@@ -215,7 +216,7 @@ def _split_samples(manifest: Manifest, task: int, split: str, decode, url_templa
                    batch_size: int | None = None) -> Iterator[list]:
     urls = [manifest.url(s, url_template) for s in manifest.split(task, split).shards]
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_name_the_shard), wds.map(decode)
+        wds.SimpleShardList(urls), tar_to_samples(handler=_name_the_shard), wds.map(decode)
     )
     expected = manifest.split(task, split).count
     read, batch = 0, []
