@@ -19,6 +19,20 @@ def test_interval_unions_count_overlaps_once():
     assert overhead._union([(0, 10), (2, 3)]) == 10
 
 
+def test_ray_trains_own_cost_is_taken_out_of_the_start_and_of_the_idle_wall_time_only():
+    # Job a starts for 10 s (its last 4 s Ray Train's own), computes 5 s; job b waits behind it and
+    # its Ray Train start overlaps a's compute by 1 s.
+    a = overhead.TrainSpan("sgd/1", "sgd", submitted=0, entered=10, first_step=12, compute=5, finished=18)
+    b = overhead.TrainSpan("sgd/2", "sgd", submitted=1, entered=20, first_step=21, compute=5, finished=27)
+    figures = {"ray_train_fixed_seconds": 4.0, "bare_start_seconds": 3.0, "job_ready_seconds_min": 12.0,
+               "wall_seconds": 40.0, "train_compute_seconds": 10.0, "eval_seconds": 10.0}
+    out = overhead.without_ray_train([a, b], figures)
+    assert out["ray_train_on_wall_seconds"] == 4 + 3  # a's [6, 10]; b's [16, 20] less a's compute until 17
+    assert out["wall_over_compute_without_ray_train"] == pytest.approx((40 - 7) / 20)
+    assert out["job_ready_over_bare_without_ray_train"] == pytest.approx((12 - 4) / 3)
+    assert overhead.without_ray_train([a, b], {**figures, "ray_train_fixed_seconds": None}) == {}
+
+
 def test_the_steady_rate_leaves_out_the_warm_up():
     # 1 s per step during warm-up, 0.1 s after: the rate is the fast one's.
     times, at = [], 0.0

@@ -181,14 +181,14 @@ def _accelerate_loop(study, spec: dict, inputs, labels, total: int, world: int) 
     from accelerate import Accelerator, DeepSpeedPlugin
     from accelerate.utils import InitProcessGroupKwargs
 
-    from crdist.train.engine import _share_fp32_partitions_in_zero3, deepspeed_config
+    from crdist.train.engine import _share_fp32_partitions_in_zero3, deepspeed_config, make_optimizer
 
     if study.train.zero_stage == 3:
         _share_fp32_partitions_in_zero3()
     accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=deepspeed_config(study.train, world)),
                               kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     model = _model(study, spec)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=study.train.lr)
+    optimizer = make_optimizer(model, study.train)  # the worker's: its two parameter groups included
     model, optimizer = accelerator.prepare(model, optimizer)
     batches = _batches(inputs, labels, study.train.batch_size, accelerator.process_index, world)
     times = []
@@ -206,9 +206,12 @@ def _ddp_loop(study, spec: dict, inputs, labels, total: int, world: int, rank: i
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from crdist.train.engine import make_optimizer
+
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    model = DistributedDataParallel(_model(study, spec))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=study.train.lr)
+    model = _model(study, spec)
+    optimizer = make_optimizer(model, study.train)
+    model = DistributedDataParallel(model)
     batches = _batches(inputs, labels, study.train.batch_size, rank, world)
     times = []
     for step in range(1, total + 1):
