@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +121,54 @@ def test_the_policy_saves_by_step_count_and_by_time_but_not_at_the_last_step():
     assert by_time.decide(2, 20, accelerator) == (True, False)
     by_time.saved()
     assert by_time.decide(3, 20, accelerator) == (False, False)
+
+
+def _decide_on_rank(rank: int, world: int, out: str) -> None:
+    import json
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from crdist.train.checkpoint import CheckpointConfig
+    from crdist.train.policy import CheckpointPolicy
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    # Rank 0 finds a time-based checkpoint due at every step (every 60 µs); after a save the flag it
+    # raised before that save is stale.
+    by_time = CheckpointPolicy(CheckpointConfig(every_steps=0, every_minutes=1e-6 if rank == 0 else 0))
+    saves = []
+    for step in range(1, 8):
+        time.sleep(0.001)  # a step's compute: more than the 60 µs
+        if by_time.decide(step, 100, cpu)[0]:
+            saves.append(step)
+            by_time.saved()
+    by_time.finish()
+    # Rank 1 is asked to stop during step 3.
+    at = [0]
+    stop = SimpleNamespace(requested=lambda: rank == 1 and at[0] >= 3)
+    stopping = CheckpointPolicy(CheckpointConfig(every_steps=0), stop)
+    decisions = []
+    for step in range(1, 8):
+        at[0] = step
+        decisions.append(stopping.decide(step, 100, cpu))
+        if decisions[-1][1]:
+            break
+    stopping.finish()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"saves": saves, "decisions": decisions}))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_agree_on_time_checkpoints_and_a_stop_one_step_late_and_never_twice(tmp_path):
+    import json
+
+    from crdist.bench.ranks import spawn_ranks
+
+    spawn_ranks(_decide_on_rank, 2, str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same decisions at the same steps on both ranks
+    assert ranks[0]["saves"] == [2, 4, 6]  # raised at 1, 3, 5; the flags raised at 2, 4, 6 were stale
+    assert ranks[0]["decisions"] == [[False, False]] * 3 + [[True, True]]  # raised at 3 on rank 1, acted on at 4
 
 
 def test_a_preemption_notice_saves_once_per_newly_preempted_node_and_never_stops():

@@ -311,6 +311,7 @@ def _fit(run: _Run, job: TrainJob, report: Reporter, policy: CheckpointPolicy) -
                                               "stopping": stopped, "preempted_nodes": list(policy.preempted_nodes)})
         if step >= run.total_steps or stopped:
             break
+    policy.finish()
     seconds = time.perf_counter() - started
     trained = step - run.start.step
     if not stopped:
