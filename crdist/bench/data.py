@@ -43,8 +43,9 @@ def bench_data(config: Path, overrides: list[str], json_out: Path | None) -> int
           f"one rank; each figure over ≥ {MIN_SECONDS:.0f} s of whole epochs")
     rows = []
     for workers in LOADER_WORKERS:
-        rows.append({"loader": "stream", "loader_workers": workers,
-                     "samples_per_second": _rate(lambda epoch: _stream(manifest, study, decode, workers, epoch))})
+        stream = _stream(manifest, study, decode, workers)  # one per job, as a training worker holds it
+        rows.append({"loader": "stream", "loader_workers": workers, "samples_per_second": _rate(stream.batches)})
+        del stream  # its loader processes end with it
         print(f"  stream     {workers} loader workers: {rows[-1]['samples_per_second']:9.0f} samples/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="crdist-bench-data-") as tmp:
         files = _write_image_folder(manifest, Path(tmp))
@@ -90,13 +91,13 @@ def _rate(epoch_batches) -> float:
             return samples / elapsed
 
 
-def _stream(manifest, study, decode, workers: int, epoch: int):
+def _stream(manifest, study, decode, workers: int):
     from crdist.data.stream import RankStream, StreamSpec
 
     spec = StreamSpec(task=1, split="train", rank=0, world=1, batch_size=study.train.batch_size,
                       loader_workers=workers, shuffle_buffer=study.train.shuffle_buffer, seed=study.seed,
                       order=study.train.data_order)
-    return RankStream(manifest, spec, decode, study.data.stream_url).batches(epoch)
+    return RankStream(manifest, spec, decode, study.data.stream_url)
 
 
 def _write_image_folder(manifest, directory: Path) -> list[tuple[str, int]]:

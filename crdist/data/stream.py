@@ -96,6 +96,8 @@ class RankStream:
         self.decode = decode
         self.url_template = url_template
         self.shards = [s for t in (*spec.also, spec.task) for s in manifest.split(t, spec.split).shards]
+        self._loader: torch.utils.data.DataLoader | None = None
+        self._epoch = None  # the epoch the loader's workers read, in shared memory
         if spec.order not in ("sharded", "global"):
             raise StreamError(f"unknown data order {spec.order!r}; expected 'sharded' or 'global'")
         if spec.order == "sharded" and len(self.shards) < spec.world:
@@ -117,6 +119,24 @@ class RankStream:
                 f"task {spec.task}: a rank holds fewer than batch_size={spec.batch_size} samples in epoch {epoch}; "
                 "lower train.batch_size or use fewer workers"
             )
+        ranked = spec.order == "sharded"
+        # In the global order the loaders batch whole global batches: how their workers interleave
+        # then does not depend on the worker count.
+        loader_batch = spec.batch_size if ranked else spec.batch_size * spec.world * spec.accumulation
+        batches = rebatch(self._epoch_batches(epoch), loader_batch)
+        if not ranked:
+            batches = _my_micro_batches(batches, spec)
+        return _exactly(islice(batches, steps), steps, f"rank {spec.rank}, task {spec.task} {spec.split}, "
+                        f"epoch {epoch}")
+
+    def _epoch_batches(self, epoch: int):
+        """The loader's batches of ``epoch``; the epoch is set when iteration starts, so a pass
+        that is created and not yet iterated cannot change what another one reads."""
+        yield from self._loader_for(epoch)
+
+    def pipeline(self, epoch: int) -> wds.DataPipeline:
+        """This rank's samples of ``epoch``, decoded and batched, as one loader worker reads them."""
+        spec = self.spec
         order = epoch_order(self.shards, spec.seed, spec.task, epoch)
         ranked = spec.order == "sharded"
         shards = rank_shards(order, spec.rank, spec.world) if ranked else order
@@ -124,10 +144,8 @@ class RankStream:
         # The global order shuffles with one seed on every rank and batches the global batch, so
         # every rank's loader yields the same sequence; the sharded order seeds per rank.
         shuffle_seed = f"samples/{spec.seed}/{spec.task}/{epoch}" + (f"/{spec.rank}" if ranked else "")
-        # In the global order the loaders batch whole global batches: how their workers interleave
-        # then does not depend on the worker count.
         loader_batch = spec.batch_size if ranked else spec.batch_size * spec.world * spec.accumulation
-        pipeline = wds.DataPipeline(
+        return wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
             tar_to_samples(handler=_name_the_shard),
@@ -136,22 +154,30 @@ class RankStream:
             wds.map(self._decoder(epoch)),
             wds.batched(loader_batch, collation_fn=collate, partial=True),
         )
-        loader = torch.utils.data.DataLoader(
-            pipeline,
-            batch_size=None,
-            num_workers=min(spec.loader_workers, len(urls)),
-            # Fork explicitly: a process started by "spawn" (torch.multiprocessing, some launchers)
-            # would otherwise spawn its loaders too, and each would re-import torch for seconds.
-            multiprocessing_context=_LOADER_CONTEXT if spec.loader_workers else None,
-            # Its own generator: iterating must not draw from the global RNG that checkpoints save.
-            generator=torch.Generator().manual_seed(0),
-        )
-        batches = rebatch(loader, loader_batch)
-        if not ranked:
-            batches = _my_micro_batches(batches, spec)
-        return _exactly(islice(batches, steps), steps, f"rank {spec.rank}, task {spec.task} {spec.split}, "
-                        f"epoch {epoch}")
 
+    def _loader_for(self, epoch: int) -> torch.utils.data.DataLoader:
+        """One loader for every epoch of the stream. Its worker processes persist: each epoch they
+        build that epoch's pipeline (the epoch is in shared memory, set before the loader is
+        iterated again), instead of new processes being forked for every epoch."""
+        if self._loader is None:
+            spec = self.spec
+            shards = len(self.shards) if spec.order == "global" else len(rank_shards(self.shards, spec.rank, spec.world))
+            workers = min(spec.loader_workers, shards)
+            context = multiprocessing.get_context(_LOADER_CONTEXT) if workers else None
+            self._epoch = (context or multiprocessing).Value("i", epoch, lock=False)
+            self._loader = torch.utils.data.DataLoader(
+                _EpochPipeline(self, self._epoch),
+                batch_size=None,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                # Fork explicitly: a process started by "spawn" (torch.multiprocessing, some launchers)
+                # would otherwise spawn its loaders too, and each would re-import torch for seconds.
+                multiprocessing_context=context,
+                # Its own generator: iterating must not draw from the global RNG that checkpoints save.
+                generator=torch.Generator().manual_seed(0),
+            )
+        self._epoch.value = epoch
+        return self._loader
 
     def _decoder(self, epoch: int):
         if self.spec.augment == "none":
@@ -160,6 +186,16 @@ class RankStream:
             raise StreamError(f"data.augment={self.spec.augment} applies to images; this stream holds "
                               f"{self.manifest.modality}")
         return AugmentingDecoder(self.decode, self.spec.augment, self.spec.seed, self.spec.task, epoch)
+
+
+class _EpochPipeline(torch.utils.data.IterableDataset):
+    """The pipeline of the epoch the stream is in, built afresh each time it is iterated."""
+
+    def __init__(self, stream: RankStream, epoch):
+        self.stream, self.epoch = stream, epoch
+
+    def __iter__(self):
+        return iter(self.stream.pipeline(self.epoch.value))
 
 
 def _my_micro_batches(global_batches: Iterator, spec: StreamSpec) -> Iterator:
