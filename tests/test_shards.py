@@ -288,3 +288,24 @@ def test_a_stream_over_several_tasks_deals_out_the_samples_of_all_of_them(digits
     # Each rank runs as many steps as the poorest one can fill: at most a shard's worth is left out.
     assert len(labels) == 2 * stream.steps_in_epoch(0) > sum(expected.values()) - max(s.count for s in shards)
     assert all(labels.count(int(c)) <= n for c, n in expected.items()) and set(labels) == {int(c) for c in expected}
+
+
+def test_one_stream_keeps_its_loader_workers_across_epochs_and_reads_what_a_fresh_one_reads(tmp_path):
+    manifest = numbered_stream(tmp_path, [12] * 8)
+    spec = StreamSpec(task=1, split="train", rank=0, world=2, batch_size=8, loader_workers=2, shuffle_buffer=20,
+                      seed=0)
+    stream = RankStream(manifest, spec, DECODE)
+    ids = lambda batches: [round(v) for x, _ in batches for v in (x[:, 0, 0, 0] * 255).tolist()]  # noqa: E731
+    epochs, workers = [], []
+    for epoch in (0, 1, 2):
+        epochs.append(ids(stream.batches(epoch)))
+        workers.append([w.pid for w in stream._loader._iterator._workers])
+    assert workers[0] == workers[1] == workers[2] and len(workers[0]) == 2  # the same two processes
+    # Each epoch exactly as a stream made for it alone reads it (a resumed job starts there).
+    for epoch, seen in enumerate(epochs):
+        assert seen == ids(RankStream(manifest, spec, DECODE).batches(epoch))
+    assert epochs[0] != epochs[1]
+    # An epoch left half-read (a job that reached its last step mid-epoch) does not leak into the next.
+    partial = stream.batches(0)
+    next(partial)
+    assert ids(stream.batches(1)) == epochs[1]
