@@ -47,7 +47,7 @@ def test_the_raw_file_loader_reads_the_streams_samples(tmp_path, digits_shards):
     decode = make_decoder(manifest, ModelConfig())
     files = _write_image_folder(manifest, tmp_path)
     stream_inputs, stream_labels = read_split(manifest, 1, "train", decode)
-    batches = list(_raw_files(files, decode, batch=len(files), workers=0, epoch=0))
+    batches = list(_raw_files(files, decode, batch=len(files), workers=0))
     (raw_inputs, raw_labels), = batches
     # The same multiset of (image, label), in another order.
     key = lambda x, y: sorted(zip(x.flatten(1).tolist(), y.tolist()))  # noqa: E731

@@ -111,7 +111,9 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     base = os.path.relpath(ROOT / "configs" / "demo.yaml", tmp_path)  # relative to the sweep file, as usual
     sweep.write_text(
         f"name: digits\nbase: {base}\nruns_dir: {tmp_path / 'runs'}\n"
-        f"set: [data.tasks=1, train.max_steps=40, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
+        # 160 steps: the kill below, once a checkpoint at step 10 or later is seen, lands mid-task
+        # however fast the steps are (at 40 steps a fast machine could finish the task first).
+        f"set: [data.tasks=1, train.max_steps=160, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
         f"data.shards={tmp_path / 'shards'}]\n"
         "axes:\n  seed: [0, 1]\n  train.methods: [sgd, lpft]\nconcurrent: 1\n")
     parent = tmp_path / "runs" / "digits"

@@ -5,8 +5,8 @@ loader of the same samples from raw files, and against what a training step cons
   collate, rebatch) for task 1's train split on one rank, with 0, 1 and 2 loader workers;
 - ``raw files``: the same samples written out once as one image file per sample (an image-folder
   layout: ``<class>/<key>.png``), read by a map-style torch ``Dataset`` with the same decoder, shuffled,
-  through a ``DataLoader`` with the same batch size and loader workers; what a hand-written script
-  over an image folder does;
+  through a ``DataLoader`` with the same batch size and loader workers (kept across epochs, as the
+  stream keeps its own); what a hand-written script over an image folder does;
 - ``training``: samples/s of one rank's forward, backward and AdamW step on batches already in
   memory (no process group): the rate the stream must outrun.
 
@@ -50,8 +50,10 @@ def bench_data(config: Path, overrides: list[str], json_out: Path | None) -> int
     with tempfile.TemporaryDirectory(prefix="crdist-bench-data-") as tmp:
         files = _write_image_folder(manifest, Path(tmp))
         for workers in LOADER_WORKERS:
+            loader = _raw_files(files, decode, batch, workers)  # its workers persist, as the stream's do
             rows.append({"loader": "raw files", "loader_workers": workers,
-                         "samples_per_second": _rate(lambda epoch: _raw_files(files, decode, batch, workers, epoch))})
+                         "samples_per_second": _rate(lambda epoch: loader)})
+            del loader
             print(f"  raw files  {workers} loader workers: {rows[-1]['samples_per_second']:9.0f} samples/s",
                   flush=True)
     training = _training_rate(study, manifest, decode)
@@ -130,12 +132,13 @@ class _ImageFolder(torch.utils.data.Dataset):
             return self.decode({"__key__": path, extension: f.read(), "cls": str(label).encode()})
 
 
-def _raw_files(files, decode, batch: int, workers: int, epoch: int):
+def _raw_files(files, decode, batch: int, workers: int, seed: int = 0):
+    """A loader over the image folder; each pass over it is an epoch in a new shuffled order."""
     from crdist.data.samples import collate
 
     return torch.utils.data.DataLoader(
         _ImageFolder(files, decode), batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-        collate_fn=collate, generator=torch.Generator().manual_seed(epoch),
+        collate_fn=collate, generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
         multiprocessing_context="fork" if workers else None)
 
 

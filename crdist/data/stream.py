@@ -21,6 +21,7 @@ Two orders (``train.data_order``):
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import random
 from dataclasses import dataclass
@@ -165,8 +166,12 @@ class RankStream:
             workers = min(spec.loader_workers, shards)
             context = multiprocessing.get_context(_LOADER_CONTEXT) if workers else None
             self._epoch = (context or multiprocessing).Value("i", epoch, lock=False)
+            # The workers get a copy of this stream without the loader: a loader reachable from its
+            # own dataset is a reference cycle, freed only by the garbage collector, whose shutdown
+            # of the workers then waited 5 s for each of them.
+            source = copy.copy(self)
             self._loader = torch.utils.data.DataLoader(
-                _EpochPipeline(self, self._epoch),
+                _EpochPipeline(source, self._epoch),
                 batch_size=None,
                 num_workers=workers,
                 persistent_workers=workers > 0,
