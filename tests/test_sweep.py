@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from crdist.bench.faults import checkpoint_at_least, wait_for
+from crdist.bench.faults import checkpoint_on_disk, wait_for
 from crdist.config import ConfigError
 from crdist.report.aggregate import RunResult, aggregate, spread, write_aggregate
 from crdist.sweep import load_sweep
@@ -111,8 +111,8 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     base = os.path.relpath(ROOT / "configs" / "demo.yaml", tmp_path)  # relative to the sweep file, as usual
     sweep.write_text(
         f"name: digits\nbase: {base}\nruns_dir: {tmp_path / 'runs'}\n"
-        # 160 steps: the kill below, once a checkpoint at step 10 or later is seen, lands mid-task
-        # however fast the steps are (at 40 steps a fast machine could finish the task first).
+        # 160 steps: the kill below, once a checkpoint at step 10 or later is on disk, lands
+        # mid-task even at 30 ms a step (at 40 steps the task could finish first).
         f"set: [data.tasks=1, train.max_steps=160, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
         f"data.shards={tmp_path / 'shards'}]\n"
         "axes:\n  seed: [0, 1]\n  train.methods: [sgd, lpft]\nconcurrent: 1\n")
@@ -127,7 +127,7 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     try:
         # Kill the sweep's whole process group (the sweep, its cluster, its drivers) once the first
         # run has finished and the second is mid-task.
-        wait_for(checkpoint_at_least(parent / "seed-0_methods-lpft", "lpft", 1, 10), timeout=900,
+        wait_for(checkpoint_on_disk(parent / "seed-0_methods-lpft", "lpft", 1, 10), timeout=900,
                  what="the second run's first checkpoint", alive=first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)

@@ -62,6 +62,21 @@ def checkpoint_at_least(run_dir: Path, method: str, task: int, step: int) -> Cal
     return reached
 
 
+def checkpoint_on_disk(run_dir: Path, method: str, task: int, step: int) -> Callable[[], bool]:
+    """Whether a complete checkpoint of (method, task) at ``step`` or later is on disk: seen the
+    moment it is written, where a ``checkpoint`` event reaches events.jsonl through the driver's
+    progress queue, seconds later on a busy machine."""
+    from crdist.train.checkpoint import COMPLETE
+
+    directory = Path(run_dir) / "checkpoints" / method / f"task-{task}"
+
+    def reached() -> bool:
+        return any(int(p.parent.name.removeprefix("step-")) >= step
+                   for p in directory.glob(f"step-[0-9][0-9][0-9][0-9][0-9][0-9]/{COMPLETE}"))
+
+    return reached
+
+
 def worker_pid(run_dir: Path, method: str, task: int, rank: int) -> int:
     return int((Path(run_dir) / "logs" / "train" / f"{method}-task{task}-rank{rank}.pid").read_text())
 
