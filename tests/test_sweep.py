@@ -111,9 +111,11 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     base = os.path.relpath(ROOT / "configs" / "demo.yaml", tmp_path)  # relative to the sweep file, as usual
     sweep.write_text(
         f"name: digits\nbase: {base}\nruns_dir: {tmp_path / 'runs'}\n"
-        # 160 steps: the kill below, once a checkpoint at step 10 or later is on disk, lands
-        # mid-task even at 30 ms a step (at 40 steps the task could finish first).
-        f"set: [data.tasks=1, train.max_steps=160, checkpoint.every_steps=10, 'evaluate.protocols=[knn]', "
+        # Task 1 (2 classes) has 7 steps an epoch: 25 epochs hold the 160 steps. The kill below,
+        # once the checkpoint at step 40 is on disk, then lands mid-task even at 30 ms a step (with
+        # 35 steps and a checkpoint every 10, a fast machine had finished the task first).
+        f"set: [data.tasks=1, train.epochs=25, train.max_steps=160, checkpoint.every_steps=40, "
+        f"'evaluate.protocols=[knn]', "
         f"data.shards={tmp_path / 'shards'}]\n"
         "axes:\n  seed: [0, 1]\n  train.methods: [sgd, lpft]\nconcurrent: 1\n")
     parent = tmp_path / "runs" / "digits"
@@ -127,7 +129,7 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     try:
         # Kill the sweep's whole process group (the sweep, its cluster, its drivers) once the first
         # run has finished and the second is mid-task.
-        wait_for(checkpoint_on_disk(parent / "seed-0_methods-lpft", "lpft", 1, 10), timeout=900,
+        wait_for(checkpoint_on_disk(parent / "seed-0_methods-lpft", "lpft", 1, 40), timeout=900,
                  what="the second run's first checkpoint", alive=first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -147,7 +149,7 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     assert "seed-0_methods-lpft: started" in output  # resumed by name, from its checkpoint
     interrupted = parent / "seed-0_methods-lpft"
     jobs = finished_once(interrupted)  # no finished job of the killed run ran again
-    assert any((e.get("resumed_from") or 0) >= 10 for e in jobs.values())  # task 1 went on from its checkpoint
+    assert any((e.get("resumed_from") or 0) >= 40 for e in jobs.values())  # task 1 went on from its checkpoint
     metrics = json.loads((parent / "report" / "metrics.json").read_text())
     rows = {(r["method"], r["protocol"]): r for r in metrics["rows"]}
     assert set(rows) == {("sgd", "knn"), ("lpft", "knn")}
