@@ -66,13 +66,13 @@ def checkpoint_on_disk(run_dir: Path, method: str, task: int, step: int) -> Call
     """Whether a complete checkpoint of (method, task) at ``step`` or later is on disk: seen the
     moment it is written, where a ``checkpoint`` event reaches events.jsonl through the driver's
     progress queue, seconds later on a busy machine."""
-    from crdist.train.checkpoint import COMPLETE
+    from crdist.train.checkpoint import TaskCheckpoints
 
-    directory = Path(run_dir) / "checkpoints" / method / f"task-{task}"
+    checkpoints = TaskCheckpoints(Path(run_dir) / "checkpoints" / method / f"task-{task}")
 
     def reached() -> bool:
-        return any(int(p.parent.name.removeprefix("step-")) >= step
-                   for p in directory.glob(f"step-[0-9][0-9][0-9][0-9][0-9][0-9]/{COMPLETE}"))
+        latest = checkpoints.latest()
+        return latest is not None and int(latest.name.removeprefix("step-")) >= step
 
     return reached
 
