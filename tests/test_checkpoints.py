@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
 from crdist.train.checkpoint import COMPLETE, LATEST, CheckpointError, TaskCheckpoints
 from crdist.train.worker import TrainJob, train_task
 from tests.conftest import study
-from tests.test_training import free_port
 
 
 def kill_while_writing_checkpoint(step: int) -> None:
@@ -35,11 +35,11 @@ def kill_while_writing_checkpoint(step: int) -> None:
 
 
 def _rank_main(rank: int, job: TrainJob, port: int, events_path: str, kill_at_step: int | None) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if kill_at_step is not None and rank == 0:
         kill_while_writing_checkpoint(kill_at_step)
     events = []
-    train_task(job, report=events.append)
+    with rank_environment(rank, 2, port):
+        train_task(job, report=events.append)
     if rank == 0:
         with open(events_path, "w") as f:
             json.dump(events, f)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from crdist.bench.faults import events, last_step, wait_for
+from crdist.bench.faults import checkpoint_on_disk, events, wait_for
 from tests.conftest import ROOT
 from tests.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
 
@@ -91,7 +91,7 @@ def test_ray_job_submit_runs_a_study_and_the_same_command_after_a_kill_resumes_i
             return process
 
         first = submit("first")
-        wait_for(lambda: last_step(run_dir, "sgd", 1) >= 30, 600, "step 30 of task 1", alive=first)
+        wait_for(checkpoint_on_disk(run_dir, "sgd", 1, 30), 600, "the checkpoint at step 30 of task 1", alive=first)
         drivers = [p for p in psutil.process_iter(["cmdline"])
                    if {"crdist", "run", "jobs"} <= set(p.info["cmdline"] or []) and "-m" in (p.info["cmdline"] or [])]
         assert len(drivers) == 1, [p.info["cmdline"] for p in drivers]
@@ -142,7 +142,7 @@ def test_the_slurm_script_checkpoints_on_term_requeues_itself_and_the_requeued_j
 
     try:
         first = batch_job()
-        wait_for(lambda: last_step(run_dir, "sgd", 1) >= 30, 600, "step 30 of task 1", alive=first)
+        wait_for(checkpoint_on_disk(run_dir, "sgd", 1, 30), 600, "the checkpoint at step 30 of task 1", alive=first)
         first.send_signal(signal.SIGTERM)  # --signal=B:TERM: to the batch shell alone
         assert first.wait(timeout=180) == 143, log_path.read_text()[-3000:]
         assert requeues.read_text() == "requeue 4242\n"

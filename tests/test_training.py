@@ -1,13 +1,12 @@
 """A real 2-process DeepSpeed ZeRO run through Accelerate, on real shards, outside Ray."""
 
 import json
-import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
 from crdist.train.worker import TrainJob, train_task
@@ -15,18 +14,12 @@ from tests.conftest import study
 
 
 def _rank_main(rank: int, job: TrainJob, port: int, events_path: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     events = []
-    train_task(job, report=events.append)
+    with rank_environment(rank, 2, port):
+        train_task(job, report=events.append)
     if rank == 0:
         with open(events_path, "w") as f:
             json.dump(events, f)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **train) -> tuple[list[dict], TrainJob]:

@@ -3,18 +3,17 @@ with the same global batch: real DeepSpeed ZeRO-2 processes outside Ray, two tas
 method's state carried between them, the global data order and a GroupNorm backbone (BatchNorm's
 per-rank statistics would differ by design)."""
 
-import os
 
 import pytest
 from accelerate.state import AcceleratorState, GradientState
 import torch
 import torch.multiprocessing as mp
 
+from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
 from crdist.train.worker import TrainJob, train_task
 from tests.conftest import study
-from tests.test_training import free_port
 
 DETERMINISTIC = ["sgd", "lpft", "si", "ewc", "joint"]  # replay methods draw from per-rank buffers
 GLOBAL_BATCH = 16
@@ -26,14 +25,13 @@ TOLERANCE = 1e-3
 
 
 def _rank_main(rank: int, world: int, port: int, jobs: list[list[TrainJob]]) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    for chain in jobs:
-        for job in chain:
-            train_task(job)
-            # One Accelerator per process is Accelerate's rule (a Ray worker runs one job); the
-            # process group stays, so the next job's Accelerator joins it again.
-            AcceleratorState._reset_state(reset_partial_state=False)
+    with rank_environment(rank, world, port):
+        for chain in jobs:
+            for job in chain:
+                train_task(job)
+                # One Accelerator per process is Accelerate's rule (a Ray worker runs one job); the
+                # process group stays, so the next job's Accelerator joins it again.
+                AcceleratorState._reset_state(reset_partial_state=False)
             GradientState._reset_state()
 
 
@@ -111,12 +109,11 @@ def _rank_main_killable(rank: int, world: int, port: int, job: TrainJob, events_
 
     from tests.test_checkpoints import kill_while_writing_checkpoint
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
     if kill_at_step is not None and rank == 0:
         kill_while_writing_checkpoint(kill_at_step)
     events = []
-    train_task(job, report=events.append)
+    with rank_environment(rank, world, port):
+        train_task(job, report=events.append)
     if rank == 0:
         with open(events_path, "w") as f:
             json.dump(events, f)

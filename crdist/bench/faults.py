@@ -52,16 +52,6 @@ def last_step(run_dir: Path, method: str, task: int) -> int:
     return max(steps, default=0)
 
 
-def checkpoint_at_least(run_dir: Path, method: str, task: int, step: int) -> Callable[[], bool]:
-    def reached() -> bool:
-        return any(
-            e.get("kind") == "checkpoint" and (e["method"], e["task"]) == (method, task) and e["step"] >= step
-            for e in events(run_dir)
-        )
-
-    return reached
-
-
 def checkpoint_on_disk(run_dir: Path, method: str, task: int, step: int) -> Callable[[], bool]:
     """Whether a complete checkpoint of (method, task) at ``step`` or later is on disk: seen the
     moment it is written, where a ``checkpoint`` event reaches events.jsonl through the driver's
@@ -77,8 +67,13 @@ def checkpoint_on_disk(run_dir: Path, method: str, task: int, step: int) -> Call
     return reached
 
 
+def worker_pid_file(run_dir: Path, method: str, task: int, rank: int) -> Path:
+    """Written by the worker as it starts (``train_task``), before its engine is built."""
+    return Path(run_dir) / "logs" / "train" / f"{method}-task{task}-rank{rank}.pid"
+
+
 def worker_pid(run_dir: Path, method: str, task: int, rank: int) -> int:
-    return int((Path(run_dir) / "logs" / "train" / f"{method}-task{task}-rank{rank}.pid").read_text())
+    return int(worker_pid_file(run_dir, method, task, rank).read_text())
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> float:
