@@ -100,5 +100,7 @@ def test_a_run_begun_before_a_key_existed_resumes_and_a_changed_value_is_refused
     run.root.mkdir()
     run.config_file.write_text(yaml.safe_dump(older, sort_keys=False))
     assert run.open(study()) is True  # the new keys' defaults are what the run had
+    # A value written as an int where the field is a float, and a setting that changes no result.
+    assert run.open(study(train={"decoded_cache_mb": 64})) is True
     with pytest.raises(RunDirError, match="optimizer"):
         run.open(study(train={"optimizer": "sgd"}))

@@ -309,3 +309,32 @@ def test_one_stream_keeps_its_loader_workers_across_epochs_and_reads_what_a_fres
     partial = stream.batches(0)
     next(partial)
     assert ids(stream.batches(1)) == epochs[1]
+
+
+def test_decoded_images_kept_across_epochs_change_no_batch_and_stay_within_the_budget(tmp_path, digits_shards):
+    manifest = Manifest.load(digits_shards)
+    decode = ImageDecoder(1, manifest.image.mean, manifest.image.std)
+    for augment, workers in (("none", 2), ("paper", 0)):
+        runs = []
+        for cache_bytes in (0, 1 << 20):
+            spec = StreamSpec(1, "train", 0, 2, 16, workers, 64, 0, augment=augment, cache_bytes=cache_bytes)
+            stream = RankStream(manifest, spec, decode)
+            runs.append([batch for epoch in range(3) for batch in stream.batches(epoch)])
+        uncached, cached = runs
+        assert len(uncached) == len(cached) > 0
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(uncached, cached)), augment
+
+    # In process (no loader workers), one rank reading all 96 samples each epoch: what fits in the
+    # budget is decoded once and read back in every later epoch; the rest is decoded every time.
+    manifest = numbered_stream(tmp_path, [12] * 8)
+    image_bytes = 8 * 8
+    for budget, kept in ((96 * image_bytes, 96), (10 * image_bytes, 10)):
+        spec = StreamSpec(1, "train", 0, 1, 8, 0, 20, 0, cache_bytes=budget)
+        stream = RankStream(manifest, spec, DECODE)
+        cache = stream.decode.cache
+        first = list(stream.batches(0))
+        assert (len(cache), cache.used_bytes, cache.hits, cache.misses) == (kept, kept * image_bytes, 0, 96)
+        second = list(stream.batches(1))
+        assert (cache.hits, cache.misses) == (kept, 96 + 96 - kept)
+        ids = sorted(round(v) for x, _ in second for v in (x[:, 0, 0, 0] * 255).tolist())
+        assert ids == list(range(96)) and len(first) == len(second) == 12

@@ -2,7 +2,10 @@
 loader of the same samples from raw files, and against what a training step consumes.
 
 - ``stream``: ``RankStream`` (crdist's training input: tar shards, shuffle buffer, decode,
-  collate, rebatch) for task 1's train split on one rank, with 0, 1 and 2 loader workers;
+  collate, rebatch) for task 1's train split on one rank, with 0, 1 and 2 loader workers, decoding
+  every image every epoch (``train.decoded_cache_mb=0``);
+- ``stream+cache``: the same, keeping decoded images across epochs within
+  ``train.decoded_cache_mb`` per loading process (crdist/data/cache.py), as training does by default;
 - ``raw files``: the same samples written out once as one image file per sample (an image-folder
   layout: ``<class>/<key>.png``), read by a map-style torch ``Dataset`` with the same decoder, shuffled,
   through a ``DataLoader`` with the same batch size and loader workers (kept across epochs, as the
@@ -42,11 +45,14 @@ def bench_data(config: Path, overrides: list[str], json_out: Path | None) -> int
           f"batch {batch}, "
           f"one rank; each figure over ≥ {MIN_SECONDS:.0f} s of whole epochs")
     rows = []
-    for workers in LOADER_WORKERS:
-        stream = _stream(manifest, study, decode, workers)  # one per job, as a training worker holds it
-        rows.append({"loader": "stream", "loader_workers": workers, "samples_per_second": _rate(stream.batches)})
-        del stream  # its loader processes end with it
-        print(f"  stream     {workers} loader workers: {rows[-1]['samples_per_second']:9.0f} samples/s", flush=True)
+    cache_bytes = int(study.train.decoded_cache_mb * 2**20)
+    for kind, cache in (("stream", 0), ("stream+cache", cache_bytes)) if cache_bytes else (("stream", 0),):
+        for workers in LOADER_WORKERS:
+            stream = _stream(manifest, study, decode, workers, cache)  # one per job, as a training worker holds it
+            rows.append({"loader": kind, "loader_workers": workers, "samples_per_second": _rate(stream.batches)})
+            del stream  # its loader processes end with it
+            print(f"  {kind:<13} {workers} loader workers: {rows[-1]['samples_per_second']:9.0f} samples/s",
+                  flush=True)
     with tempfile.TemporaryDirectory(prefix="crdist-bench-data-") as tmp:
         files = _write_image_folder(manifest, Path(tmp))
         for workers in LOADER_WORKERS:
@@ -54,7 +60,7 @@ def bench_data(config: Path, overrides: list[str], json_out: Path | None) -> int
             rows.append({"loader": "raw files", "loader_workers": workers,
                          "samples_per_second": _rate(lambda epoch: loader)})
             del loader
-            print(f"  raw files  {workers} loader workers: {rows[-1]['samples_per_second']:9.0f} samples/s",
+            print(f"  {'raw files':<13} {workers} loader workers: {rows[-1]['samples_per_second']:9.0f} samples/s",
                   flush=True)
     training = _training_rate(study, manifest, decode)
     rows.append({"loader": "training step", "loader_workers": None, "samples_per_second": training})
@@ -65,19 +71,23 @@ def bench_data(config: Path, overrides: list[str], json_out: Path | None) -> int
     return 0
 
 
+STREAMS = ("stream", "stream+cache")
+
+
 def _print_table(rows: list[dict]) -> None:
-    best = {kind: max(r["samples_per_second"] for r in rows if r["loader"] == kind)
-            for kind in ("stream", "raw files")}
-    training = next(r["samples_per_second"] for r in rows if r["loader"] == "training step")
+    best = {r["loader"]: max(x["samples_per_second"] for x in rows if x["loader"] == r["loader"]) for r in rows}
+    training = best["training step"]
     print()
     print("loader         workers  samples/s  vs training step (target ≥ 3)  vs raw files (target ≥ 1.5)")
     for r in rows:
         workers = "-" if r["loader_workers"] is None else r["loader_workers"]
-        vs_raw = f"{r['samples_per_second'] / best['raw files']:.2f}" if r["loader"] == "stream" else ""
+        vs_raw = f"{r['samples_per_second'] / best['raw files']:.2f}" if r["loader"] in STREAMS else ""
         vs_training = f"{r['samples_per_second'] / training:.2f}" if r["loader"] != "training step" else ""
         print(f"{r['loader']:<13}  {workers:>7}  {r['samples_per_second']:9.0f}  {vs_training:>29}  {vs_raw:>27}")
-    print(f"best stream / training step: {best['stream'] / training:.2f}; "
-          f"best stream / best raw files: {best['stream'] / best['raw files']:.2f}")
+    for kind in STREAMS:
+        if kind in best:
+            print(f"best {kind} / training step: {best[kind] / training:.2f}; "
+                  f"best {kind} / best raw files: {best[kind] / best['raw files']:.2f}")
 
 
 def _rate(epoch_batches) -> float:
@@ -93,12 +103,12 @@ def _rate(epoch_batches) -> float:
             return samples / elapsed
 
 
-def _stream(manifest, study, decode, workers: int):
+def _stream(manifest, study, decode, workers: int, cache_bytes: int):
     from crdist.data.stream import RankStream, StreamSpec
 
     spec = StreamSpec(task=1, split="train", rank=0, world=1, batch_size=study.train.batch_size,
                       loader_workers=workers, shuffle_buffer=study.train.shuffle_buffer, seed=study.seed,
-                      order=study.train.data_order)
+                      order=study.train.data_order, cache_bytes=cache_bytes)
     return RankStream(manifest, spec, decode, study.data.stream_url)
 
 

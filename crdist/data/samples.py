@@ -8,6 +8,7 @@ tokenizer, so one shard set serves every text backbone.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 
@@ -61,15 +62,32 @@ class ImageDecoder:
         levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(channels, 1, 256)
         self._levels = self.normalize(levels.float().div_(255.0)).view(channels, 256).numpy()
         self._channel = np.arange(channels).reshape(channels, 1, 1)
+        self.cache = None  # a crdist.data.cache.PixelCache: decoded pixels kept across epochs
+
+    def with_cache(self, cache) -> "ImageDecoder":
+        """This decoder, keeping what it decodes in ``cache`` (and reading it back from there)."""
+        decoder = copy.copy(self)
+        decoder.cache = cache
+        return decoder
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
-        pixels = decode_pixels(sample, self.channels, self.size)  # H × W × C
+        pixels = self._decoded(sample)  # H × W × C
         return torch.from_numpy(self._levels[self._channel, pixels.transpose(2, 0, 1)]), decode_label(sample)
 
     def pixels(self, sample: dict) -> torch.Tensor:
         """The image as C × H × W floats in [0, 1] (what augmentation works on)."""
-        pixels = decode_pixels(sample, self.channels, self.size)
+        pixels = self._decoded(sample)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
+
+    def _decoded(self, sample: dict) -> np.ndarray:
+        if self.cache is None:
+            return decode_pixels(sample, self.channels, self.size)
+        key = (sample.get("__url__", ""), sample["__key__"])
+        pixels = self.cache.get(key)
+        if pixels is None:
+            pixels = decode_pixels(sample, self.channels, self.size)
+            self.cache.put(key, pixels)
+        return pixels
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         return (image - self.mean) / self.std

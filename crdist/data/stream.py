@@ -33,6 +33,7 @@ import webdataset as wds
 
 from crdist.data.manifest import Manifest, ShardRecord
 from crdist.data.augment import AugmentingDecoder
+from crdist.data.cache import PixelCache
 from crdist.data.samples import ImageDecoder, SampleError, collate, concat, take
 from crdist.data.tarstream import tar_to_samples
 from crdist.errors import CrdistError
@@ -65,6 +66,8 @@ class StreamSpec:
     # consecutive slices r·accumulation … (r+1)·accumulation − 1 of it: the same global batches
     # on any number of workers.
     accumulation: int = 1
+    # Decoded pixels each loading process keeps across epochs (crdist.data.cache); 0 = none.
+    cache_bytes: int = 0
 
 
 def epoch_order(shards: list[ShardRecord], seed: int, task: int, epoch: int) -> list[ShardRecord]:
@@ -94,7 +97,9 @@ class RankStream:
     def __init__(self, manifest: Manifest, spec: StreamSpec, decode=None, url_template: str | None = None):
         self.manifest = manifest
         self.spec = spec
-        self.decode = decode
+        # Each loader worker (forked with an empty cache) fills and keeps its own.
+        self.decode = decode.with_cache(PixelCache(spec.cache_bytes)) if (
+            spec.cache_bytes > 0 and isinstance(decode, ImageDecoder)) else decode
         self.url_template = url_template
         self.shards = [s for t in (*spec.also, spec.task) for s in manifest.split(t, spec.split).shards]
         self._loader: torch.utils.data.DataLoader | None = None

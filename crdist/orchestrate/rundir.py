@@ -118,7 +118,9 @@ class RunDir:
 
         Returns True when the directory already existed (finished jobs are then reused).
         """
-        wanted = config.to_dict(study)
+        # Through the loader once, as the saved config is below: a float field given as an int
+        # (256 for 256.0) must not read as a change.
+        wanted = config.to_dict(config.from_dict(type(study), config.to_dict(study)))
         if self.config_file.is_file():
             existing = yaml.safe_load(self.config_file.read_text())
             try:  # keys added to crdist since the run began take their defaults, as the run had them
@@ -150,6 +152,7 @@ _EXECUTION_ONLY = (
     ("train", "max_failures"),
     ("train", "max_preemption_failures"),
     ("train", "placement"),
+    ("train", "decoded_cache_mb"),  # cached or decoded again, the same pixels
     ("evaluate", "concurrent"),
     ("tracking",),  # where progress is reported, not what is computed
 )

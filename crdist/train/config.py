@@ -37,6 +37,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     loader_workers: int = 2  # WebDataset loader processes per worker
     shuffle_buffer: int = 256
+    # Decoded images each loading process keeps across a task's epochs, in MiB (crdist/data/cache.py):
+    # later epochs skip decoding what fits. Per loader worker (or per worker without them); 0 = off.
+    decoded_cache_mb: float = 256.0
     # Which samples a worker trains on (crdist/data/stream.py): "sharded" = each worker streams its own
     # shards; "global" = every worker reads the whole split in one seeded order and takes its slice
     # of each global batch, so the result does not depend on the worker count (N× the reading).
@@ -74,6 +77,7 @@ class TrainConfig:
         require(self.grad_clip >= 0, "grad_clip", f"must be non-negative, 0 = off (got {self.grad_clip})")
         require(self.loader_workers >= 0, "loader_workers", f"must be non-negative (got {self.loader_workers})")
         require(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be at least 1 (got {self.shuffle_buffer})")
+        require(self.decoded_cache_mb >= 0, "decoded_cache_mb", f"must be non-negative, 0 = off (got {self.decoded_cache_mb})")
         require(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
         require(self.max_failures >= 0, "max_failures", f"must be non-negative (got {self.max_failures})")
         require(self.max_preemption_failures >= -1, "max_preemption_failures",

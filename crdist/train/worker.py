@@ -197,6 +197,7 @@ def _setup(job: TrainJob, accelerator, world: int, rank: int) -> _Run:
         order=train.data_order,
         augment=job.augment,
         accumulation=accumulation,
+        cache_bytes=int(train.decoded_cache_mb * 2**20),
     )
     stream = RankStream(manifest, spec, make_decoder(manifest, job.model), job.stream_url)
     context = MethodContext(
