@@ -210,11 +210,15 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
 
     # 2. The same command continues; SIGKILL the driver in the middle of task 2.
     second = start(tmp_path, "driver", TENSORBOARD)
-    wait_for(checkpoint_on_disk(run_dir, "lpft", 2, 10), 300, "a checkpoint of task 2", alive=second)
+    # A second driver of the same run directory is refused while this one holds it. (Asked as soon
+    # as it holds the directory: its start-up takes seconds, in which task 2 could have ended.)
+    wait_for(lambda: sum(e["event"] == "run" for e in journal(run_dir)) == 2, 300, "the second driver's start",
+             alive=second)
     intruder = subprocess.run(command(tmp_path, "driver", TENSORBOARD), cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
     assert intruder.returncode == 1
     assert f"in use by another crdist driver (pid {second.pid} on " in intruder.stderr
+    wait_for(checkpoint_on_disk(run_dir, "lpft", 2, 10), 300, "a checkpoint of task 2", alive=second)
     workers = [worker_pid(run_dir, "lpft", 2, rank) for rank in (0, 1)]
     second.kill()
     second.wait()
