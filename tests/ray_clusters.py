@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import psutil
 
@@ -18,9 +19,20 @@ def ray_start(temp_dir: str, *args: str, env: dict | None = None) -> None:
     """`ray start ARGS` with this cluster's own temp dir, which every one of its services names on
     its command line. A node that joins gets the head's temp dir without being told."""
     head = "--head" in args
-    subprocess.run([*RAY, "start", *args, *([f"--temp-dir={temp_dir}"] if head else []), "--disable-usage-stats"],
-                   env=env or {**os.environ, "RAY_AUTH_MODE": "token"}, check=True, capture_output=True,
-                   timeout=120)
+    command = [*RAY, "start", *args, *([f"--temp-dir={temp_dir}"] if head else []), "--disable-usage-stats"]
+    for attempt in (1, 2):
+        # `ray start --head` once exited 1 in a suite run before writing anything to its temp dir,
+        # and did not again by hand: a head tries once more; Ray's own words if that fails too.
+        done = subprocess.run(command, env=env or {**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode == 0:
+            return
+        if not head:
+            break  # a joining node's temp dir is its head's: stopping it would stop the head
+        if attempt == 1:
+            ray_stop(temp_dir)
+            time.sleep(3)
+    raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
 def new_temp_dir() -> str:

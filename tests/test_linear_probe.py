@@ -28,8 +28,17 @@ def test_the_torch_path_reaches_scikit_learns_minimiser_at_every_c(digits):
     x, y, test_x, test_y = digits
     probes = logistic.fit_path(torch.as_tensor(x), torch.as_tensor(y), GRID, CPU)
     scaler = StandardScaler().fit(x)
+    standardised, targets = torch.as_tensor(scaler.transform(x), dtype=torch.float64), torch.as_tensor(y)
+
+    def objective(weight, bias, c):  # the one both minimise (crdist/evaluate/logistic.py), in float64
+        weight, bias = torch.as_tensor(weight, dtype=torch.float64), torch.as_tensor(bias, dtype=torch.float64)
+        loss = torch.nn.functional.cross_entropy(standardised @ weight + bias, targets)
+        return (loss + (weight * weight).sum() / (2 * c * len(y))).item()
+
     for c, probe in zip(GRID, probes):
         reference = LogisticRegression(C=c, max_iter=10000, tol=1e-10).fit(scaler.transform(x), y)
+        ours, theirs = objective(probe.weight, probe.bias, c), objective(reference.coef_.T, reference.intercept_, c)
+        assert ours <= theirs * (1 + 1e-4), (c, ours, theirs)
         weight = probe.weight.numpy().T
         gap = np.abs(weight - reference.coef_).max() / np.abs(reference.coef_).max()
         assert gap < (1e-2 if c <= 1 else 5e-2), (c, gap)  # weak regularisation: a flat optimum

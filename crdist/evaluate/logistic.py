@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 # L-BFGS stops when every gradient entry is below this (the objective is a mean, so the scale
-# does not grow with n), or after MAX_ITERATIONS. scikit-learn's lbfgs stops at 1e-4 on the same
-# objective; 1e-5 in float32 is tighter and still cheaper along a warm path.
-GRADIENT_TOLERANCE = 1e-5
+# does not grow with n), or after MAX_ITERATIONS. Under weak regularisation the objective itself is
+# small (0.004 at C = 100 on digits): 1e-5 stopped there 0.24 % above the minimum, and test
+# predictions differed from scikit-learn's on 4 of 1,197 digits; 1e-6 reaches it within 0.004 %.
+GRADIENT_TOLERANCE = 1e-6
 MAX_ITERATIONS = 1000
 
 
