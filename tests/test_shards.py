@@ -216,6 +216,10 @@ def test_a_corrupt_image_is_named_in_the_error(tmp_path):
             tar.addfile(member, io.BytesIO(data))
     with pytest.raises(Exception, match=rf"{shard}.*cannot decode image"):
         read_split(manifest, 1, "train", DECODE)
+    for cache_bytes in (0, 1 << 20):  # a training stream, which decodes as it reads with the cache
+        stream = RankStream(manifest, StreamSpec(1, "train", 0, 1, 2, 0, 8, 0, cache_bytes=cache_bytes), DECODE)
+        with pytest.raises(Exception, match=rf"{shard}.*cannot decode image"):
+            list(stream.batches(0))
 
 
 def test_preparing_twice_reuses_and_a_half_written_preparation_is_not_mistaken(tmp_path):
@@ -324,17 +328,34 @@ def test_decoded_images_kept_across_epochs_change_no_batch_and_stay_within_the_b
         assert len(uncached) == len(cached) > 0
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(uncached, cached)), augment
 
-    # In process (no loader workers), one rank reading all 96 samples each epoch: what fits in the
-    # budget is decoded once and read back in every later epoch; the rest is decoded every time.
-    manifest = numbered_stream(tmp_path, [12] * 8)
+    # In process (no loader workers), one rank reading 8 shards of 12 samples each epoch: the shards
+    # that fit in the budget whole are decoded once and come from memory in every later epoch; the
+    # rest are read and decoded every time.
     image_bytes = 8 * 8
-    for budget, kept in ((96 * image_bytes, 96), (10 * image_bytes, 10)):
-        spec = StreamSpec(1, "train", 0, 1, 8, 0, 20, 0, cache_bytes=budget)
-        stream = RankStream(manifest, spec, DECODE)
-        cache = stream.decode.cache
+    for budget, kept in ((96 * image_bytes, 8), (30 * image_bytes, 2)):
+        (tmp_path / str(budget)).mkdir()
+        manifest = numbered_stream(tmp_path / str(budget), [12] * 8)
+        stream = RankStream(manifest, StreamSpec(1, "train", 0, 1, 8, 0, 20, 0, cache_bytes=budget), DECODE)
+        cache = stream.cache
         first = list(stream.batches(0))
-        assert (len(cache), cache.used_bytes, cache.hits, cache.misses) == (kept, kept * image_bytes, 0, 96)
+        assert (len(cache), cache.used_bytes, cache.hits, cache.misses) == (kept * 12, kept * 12 * image_bytes, 0, 8)
         second = list(stream.batches(1))
-        assert (cache.hits, cache.misses) == (kept, 96 + 96 - kept)
+        assert (cache.hits, cache.misses) == (kept, 8 + 8 - kept)
         ids = sorted(round(v) for x, _ in second for v in (x[:, 0, 0, 0] * 255).tolist())
         assert ids == list(range(96)) and len(first) == len(second) == 12
+    # What comes from memory opens no file: with every shard kept, epoch 2 reads the same without them.
+    (tmp_path / "whole").mkdir()
+    manifest = numbered_stream(tmp_path / "whole", [12] * 8)
+    spec = StreamSpec(1, "train", 0, 1, 8, 0, 20, 0, cache_bytes=96 * image_bytes)
+    stream = RankStream(manifest, spec, DECODE)
+    list(stream.batches(0))
+    for shard in (tmp_path / "whole").rglob("*.tar"):
+        shard.unlink()
+    from_memory = list(stream.batches(2))
+    assert stream.cache.hits == 8
+    with pytest.raises(Exception, match="No such file"):  # a stream without the cache needs the files
+        list(RankStream(manifest, spec, DECODE).batches(2))
+    (tmp_path / "again").mkdir()
+    from_files = list(RankStream(numbered_stream(tmp_path / "again", [12] * 8), spec, DECODE).batches(2))
+    assert len(from_memory) == len(from_files) == 12
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(from_memory, from_files))

@@ -4,7 +4,7 @@ loader of the same samples from raw files, and against what a training step cons
 - ``stream``: ``RankStream`` (crdist's training input: tar shards, shuffle buffer, decode,
   collate, rebatch) for task 1's train split on one rank, with 0, 1 and 2 loader workers, decoding
   every image every epoch (``train.decoded_cache_mb=0``);
-- ``stream+cache``: the same, keeping decoded images across epochs within
+- ``stream+cache``: the same, keeping decoded shards across epochs within
   ``train.decoded_cache_mb`` per loading process (crdist/data/cache.py), as training does by default;
 - ``raw files``: the same samples written out once as one image file per sample (an image-folder
   layout: ``<class>/<key>.png``), read by a map-style torch ``Dataset`` with the same decoder, shuffled,

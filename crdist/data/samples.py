@@ -8,7 +8,6 @@ tokenizer, so one shard set serves every text backbone.
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 
@@ -62,13 +61,6 @@ class ImageDecoder:
         levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(channels, 1, 256)
         self._levels = self.normalize(levels.float().div_(255.0)).view(channels, 256).numpy()
         self._channel = np.arange(channels).reshape(channels, 1, 1)
-        self.cache = None  # a crdist.data.cache.PixelCache: decoded pixels kept across epochs
-
-    def with_cache(self, cache) -> "ImageDecoder":
-        """This decoder, keeping what it decodes in ``cache`` (and reading it back from there)."""
-        decoder = copy.copy(self)
-        decoder.cache = cache
-        return decoder
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
         pixels = self._decoded(sample)  # H × W × C
@@ -79,15 +71,14 @@ class ImageDecoder:
         pixels = self._decoded(sample)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
 
+    def decode_pixels(self, sample: dict) -> np.ndarray:
+        """The image's uint8 H × W × C pixels, converted and resized as this decoder's images are."""
+        return decode_pixels(sample, self.channels, self.size)
+
     def _decoded(self, sample: dict) -> np.ndarray:
-        if self.cache is None:
-            return decode_pixels(sample, self.channels, self.size)
-        key = (sample.get("__url__", ""), sample["__key__"])
-        pixels = self.cache.get(key)
-        if pixels is None:
-            pixels = decode_pixels(sample, self.channels, self.size)
-            self.cache.put(key, pixels)
-        return pixels
+        # Decoded already when it comes from a stream's shard cache (crdist.data.cache).
+        pixels = sample.get("pixels")
+        return pixels if pixels is not None else self.decode_pixels(sample)
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         return (image - self.mean) / self.std

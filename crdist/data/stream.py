@@ -30,10 +30,11 @@ from typing import Iterator
 
 import torch
 import webdataset as wds
+from webdataset.filters import pipelinefilter
 
 from crdist.data.manifest import Manifest, ShardRecord
 from crdist.data.augment import AugmentingDecoder
-from crdist.data.cache import PixelCache
+from crdist.data.cache import ShardCache
 from crdist.data.samples import ImageDecoder, SampleError, collate, concat, take
 from crdist.data.tarstream import tar_to_samples
 from crdist.errors import CrdistError
@@ -97,9 +98,9 @@ class RankStream:
     def __init__(self, manifest: Manifest, spec: StreamSpec, decode=None, url_template: str | None = None):
         self.manifest = manifest
         self.spec = spec
+        self.decode = decode
         # Each loader worker (forked with an empty cache) fills and keeps its own.
-        self.decode = decode.with_cache(PixelCache(spec.cache_bytes)) if (
-            spec.cache_bytes > 0 and isinstance(decode, ImageDecoder)) else decode
+        self.cache = ShardCache(spec.cache_bytes) if spec.cache_bytes > 0 and isinstance(decode, ImageDecoder) else None
         self.url_template = url_template
         self.shards = [s for t in (*spec.also, spec.task) for s in manifest.split(t, spec.split).shards]
         self._loader: torch.utils.data.DataLoader | None = None
@@ -154,7 +155,9 @@ class RankStream:
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
-            tar_to_samples(handler=_name_the_shard),
+            # With the cache, each shard's images are decoded as it is read, before the shuffle
+            # (the same pixels in the same order), and a shard read once before comes from memory.
+            tar_to_samples(handler=_name_the_shard) if self.cache is None else _cached_shards(self.cache, self.decode),
             # The same seed in every loader worker is fine: each shuffles different shards.
             wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(shuffle_seed)),
             wds.map(self._decoder(epoch)),
@@ -196,6 +199,15 @@ class RankStream:
             raise StreamError(f"data.augment={self.spec.augment} applies to images; this stream holds "
                               f"{self.manifest.modality}")
         return AugmentingDecoder(self.decode, self.spec.augment, self.spec.seed, self.spec.task, epoch)
+
+
+def _shards_through_cache(sources, cache: ShardCache, decode: ImageDecoder):
+    for source in sources:
+        yield from cache.samples(source["url"], lambda: tar_to_samples(handler=_name_the_shard)([source]),
+                                 decode.decode_pixels)
+
+
+_cached_shards = pipelinefilter(_shards_through_cache)
 
 
 class _EpochPipeline(torch.utils.data.IterableDataset):

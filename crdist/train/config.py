@@ -37,8 +37,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     loader_workers: int = 2  # WebDataset loader processes per worker
     shuffle_buffer: int = 256
-    # Decoded images each loading process keeps across a task's epochs, in MiB (crdist/data/cache.py):
-    # later epochs skip decoding what fits. Per loader worker (or per worker without them); 0 = off.
+    # Decoded shards each loading process keeps across a task's epochs, in MiB of pixels
+    # (crdist/data/cache.py): later epochs neither read nor decode what fits. Per loader worker (or
+    # per worker without them); 0 = off.
     decoded_cache_mb: float = 256.0
     # Which samples a worker trains on (crdist/data/stream.py): "sharded" = each worker streams its own
     # shards; "global" = every worker reads the whole split in one seeded order and takes its slice
