@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--stages", default="0,1,2,3", help="ZeRO stages, comma-separated (default 0,1,2,3)")
     bench_train.add_argument("--steps", type=int, default=60, help="measured steps per loop, after 10 warm-up steps")
     bench_train.add_argument("--loops", default="crdist,accelerate,ddp", help="which loops (default: all three)")
+    bench_train.add_argument("--repeats", type=int, default=3,
+                             help="rounds of every loop; the table gives medians (default 3)")
     bench_train.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     bench_train.set_defaults(handler=_bench_train)
 
@@ -249,7 +251,10 @@ def _bench_train(args) -> int:
     loops = tuple(args.loops.split(","))
     if not loops or any(loop not in LOOPS for loop in loops):
         raise SystemExit(f"crdist bench train: --loops takes {', '.join(LOOPS)}, comma-separated (got {args.loops!r})")
-    return bench_train(args.config or _default_config(), args.overrides, stages, args.steps, args.json, loops)
+    if args.repeats < 1:
+        raise SystemExit(f"crdist bench train: --repeats must be at least 1 (got {args.repeats})")
+    return bench_train(args.config or _default_config(), args.overrides, stages, args.steps, args.json, loops,
+                       args.repeats)
 
 
 def _bench_data(args) -> int:

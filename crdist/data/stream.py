@@ -246,6 +246,9 @@ def rebatch(batches, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     labels: list[torch.Tensor] = []
     held = 0
     for x, y in batches:
+        if held == 0 and len(y) == size:  # already a whole batch (no loader workers, or none split it)
+            yield x, y
+            continue
         inputs.append(x)
         labels.append(y)
         held += len(y)
