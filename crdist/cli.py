@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--stages", default="0,1,2,3", help="ZeRO stages, comma-separated (default 0,1,2,3)")
     bench_train.add_argument("--steps", type=int, default=60, help="measured steps per loop, after 10 warm-up steps")
     bench_train.add_argument("--loops", default="crdist,accelerate,ddp", help="which loops (default: all three)")
-    bench_train.add_argument("--repeats", type=int, default=3,
-                             help="rounds of every loop; the table gives medians (default 3)")
+    bench_train.add_argument("--repeats", type=int, default=2,
+                             help="rounds of every loop (DDP runs in the first only); the table gives medians "
+                                  "(default 2)")
     bench_train.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     bench_train.set_defaults(handler=_bench_train)
 

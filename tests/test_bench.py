@@ -7,7 +7,7 @@ import torch
 
 from crdist.bench import overhead
 from crdist.bench.data import _raw_files, _write_image_folder
-from crdist.bench.train import WARMUP_STEPS, _steady_rate
+from crdist.bench.train import WARMUP_STEPS, _medians, _steady_rate
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder
 from crdist.data.stream import read_split
@@ -53,3 +53,19 @@ def test_the_raw_file_loader_reads_the_streams_samples(tmp_path, digits_shards):
     key = lambda x, y: sorted(zip(x.flatten(1).tolist(), y.tolist()))  # noqa: E731
     assert key(raw_inputs, raw_labels) == key(stream_inputs, stream_labels)
     assert torch.equal(raw_labels.sort().values, stream_labels.sort().values)
+
+
+def test_bench_train_pairs_each_round_of_the_worker_with_the_hand_loop_of_the_same_round():
+    def run(loop, stage, round_, rate):
+        return {"loop": loop, "zero_stage": stage, "round": round_, "samples_per_second": rate,
+                "peak_memory_bytes": [10 * round_, 20], "start_memory_bytes": [5, 5 + round_]}
+
+    runs = [run("crdist", 0, 1, 90.0), run("accelerate", 0, 1, 100.0),  # a slow minute: both slow
+            run("crdist", 0, 2, 45.0), run("accelerate", 0, 2, 50.0),
+            run("crdist", 0, 3, 99.0), run("accelerate", 0, 3, 90.0), run("ddp", None, 1, 120.0)]
+    crdist, hand, ddp = _medians(runs, [("crdist", 0), ("accelerate", 0), ("ddp", None)])
+    assert crdist["vs_hand_loop"] == pytest.approx(0.9)  # median of 0.9, 0.9, 1.1: not 90 / 90
+    assert crdist["vs_hand_loop_range"] == pytest.approx([0.9, 1.1])
+    assert (crdist["samples_per_second"], hand["samples_per_second"], ddp["samples_per_second"]) == (90.0, 90.0, 120.0)
+    assert crdist["peak_memory_bytes"] == [30, 20] and crdist["start_memory_bytes"] == [5, 6]
+    assert "vs_hand_loop" not in hand and "vs_hand_loop" not in ddp
