@@ -202,9 +202,10 @@ class RankStream:
 
 
 def _shards_through_cache(sources, cache: ShardCache, decode: ImageDecoder):
+    """WebDataset's tar stage through ``cache``: each shard from memory when kept, else read."""
     for source in sources:
-        yield from cache.samples(source["url"], lambda: tar_to_samples(handler=_name_the_shard)([source]),
-                                 decode.decode_pixels)
+        read = (lambda source=source: tar_to_samples(handler=_name_the_shard)([source]))
+        yield from cache.samples(source["url"], read, decode.decode_pixels)
 
 
 _cached_shards = pipelinefilter(_shards_through_cache)
