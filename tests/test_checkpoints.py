@@ -155,11 +155,25 @@ def _decide_on_rank(rank: int, world: int, out: str) -> None:
         if decisions[-1][1]:
             break
     stopping.finish()
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"saves": saves, "decisions": decisions}))
+    # Steps of 10 ms: after the timed steps, the ranks exchange about every 0.1 s, every ~10 steps.
+    # Rank 1 is asked to stop from step 40 on.
+    stop = SimpleNamespace(requested=lambda: rank == 1 and at[0] >= 40)
+    periodic = CheckpointPolicy(CheckpointConfig(every_steps=0), stop, agree_every_seconds=0.1)
+    stopped_at = None
+    for step in range(1, 100):
+        at[0] = step
+        time.sleep(0.01)
+        if periodic.decide(step, 100, cpu)[1]:
+            stopped_at = step
+            break
+    periodic.finish()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "saves": saves, "decisions": decisions, "period": periodic.agreement.period,
+        "exchanges": periodic.agreement.exchanges, "stopped_at": stopped_at}))
     dist.destroy_process_group()
 
 
-def test_two_ranks_agree_on_time_checkpoints_and_a_stop_one_step_late_and_never_twice(tmp_path):
+def test_two_ranks_agree_on_time_checkpoints_and_a_stop_an_exchange_late_and_never_twice(tmp_path):
     import json
 
     from crdist.bench.ranks import spawn_ranks
@@ -169,6 +183,12 @@ def test_two_ranks_agree_on_time_checkpoints_and_a_stop_one_step_late_and_never_
     assert ranks[0] == ranks[1]  # the same decisions at the same steps on both ranks
     assert ranks[0]["saves"] == [2, 4, 6]  # raised at 1, 3, 5; the flags raised at 2, 4, 6 were stale
     assert ranks[0]["decisions"] == [[False, False]] * 3 + [[True, True]]  # raised at 3 on rank 1, acted on at 4
+    # Once the step time is measured, the flags go round every few steps, and a stop still comes
+    # at the same step on both ranks, within two exchanges of being asked for.
+    period = ranks[0]["period"]
+    assert 3 <= period <= 10
+    assert 40 < ranks[0]["stopped_at"] <= 40 + 2 * period
+    assert ranks[0]["exchanges"] < 13 + (ranks[0]["stopped_at"] - 13) / 2
 
 
 def test_a_preemption_notice_saves_once_per_newly_preempted_node_and_never_stops():

@@ -1,12 +1,14 @@
 """When a worker checkpoints, and when it stops: the same decision on every rank at every step.
 
 Step-count checkpoints need no agreement (every rank counts the same steps); time-based ones, stop
-requests and preemption notices do, so each step the ranks combine their flags in one tiny
-all-reduce. With more than one rank that all-reduce runs in the background while the next step
-computes, and its sum is acted on at that next step: a time-based checkpoint, a stop or a
-preemption checkpoint comes one step later than it was asked for, and still at the same step on
-every rank. Waiting for it at every step was 4 % of a training step of the demo's small CNN
-(py-spy): a gloo round trip on the critical path of a 12-ms step.
+requests and preemption notices do, so the ranks combine their flags in one tiny all-reduce. With
+more than one rank that all-reduce runs in the background while the next steps compute, and its sum
+is acted on at the next exchange. Exchanges start at every step; once the ranks have measured their
+step time they come about every ``AGREE_EVERY_SECONDS`` (a whole number of steps, the same on every
+rank). A time-based checkpoint, a stop or a preemption checkpoint therefore comes up to two
+exchanges (about 0.5 s) after it was asked for, and at the same step on every rank. Launching the
+all-reduce at every step was 3 % of a step of the demo's small CNN (py-spy, ZeRO-0, 2 ranks on gloo);
+waiting for it at every step, 4 %.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class PreemptionNotice:
     Ray Train's watcher marks every worker; ``ray.train.get_preemption_info`` reads the mark.
 
     Reading it is itself a collective across the job's workers (rank 0's view is broadcast), so
-    every rank must read it at the same steps: the policy's per-step all-reduce decides when, at
-    most once every ``every_seconds``.
+    every rank must read it at the same steps: the policy's agreed flags decide when, at most once
+    every ``every_seconds``.
     """
 
     def __init__(self, read: Callable[[], object], every_seconds: float):
@@ -81,28 +83,62 @@ class PreemptionNotice:
         return nodes
 
 
-class Agreement:
-    """Per-rank flags summed over all ranks, one step late when there is more than one rank.
+AGREE_EVERY_SECONDS = 0.25  # how often the ranks exchange their flags once the step time is known
+_TIMED_FROM, _TIMED_TO = 3, 13  # exchanges (one per step until then) between which the step time is taken
+_LONGEST_PERIOD = 1000  # steps
 
-    ``exchange(flags)`` starts the all-reduce of this step's flags and returns the sums of the
-    previous step's (all False at the first step). Every rank calls it at the same steps, so every
-    rank gets the same sums at the same step; collectives of one process group run in the order
-    they were issued, so the ones DeepSpeed issues meanwhile cannot cross it.
+
+class Agreement:
+    """Per-rank flags summed over all ranks, in the background when there is more than one rank.
+
+    ``exchange(step, flags)`` is called at the steps ``due(step)`` names (the same on every rank): it
+    starts the all-reduce of this exchange's flags and returns the sums of the previous exchange and
+    the step they were raised at ((all False, 0) at the first). With one rank the sum is the flags
+    themselves, at once. Collectives of one process group run in the order they were issued, so the
+    ones DeepSpeed issues meanwhile cannot cross it.
+
+    Exchanges happen at every step until the ``_TIMED_TO``-th; that one also carries each rank's
+    seconds per step since the ``_TIMED_FROM``-th (after the engine's first, slower steps). Every
+    rank receives the same sum, so every rank derives the same period from it: as many steps as take
+    ``every_seconds``, at least 1.
     """
 
-    def __init__(self, accelerator):
+    def __init__(self, accelerator, every_seconds: float = AGREE_EVERY_SECONDS):
         dist = torch.distributed
         self.accelerator = accelerator
+        self.every_seconds = every_seconds
         self.overlapped = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.lag = 1 if self.overlapped else 0  # steps between raising flags and getting their sums
-        self.pending = None  # (work, flags) of the all-reduce in flight
+        self.period = 1  # steps between exchanges
+        self.exchanges = 0
+        self.next_step = 0  # the step of the next exchange (0: the first step that asks)
+        self.pending = None  # (work, flags, step) of the all-reduce in flight
+        self._timed_from = 0.0
 
-    def exchange(self, flags: torch.Tensor) -> list[bool]:
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def exchange(self, step: int, flags: torch.Tensor) -> tuple[list[bool], int]:
         if not self.overlapped:
-            return (self.accelerator.reduce(flags, reduction="sum") > 0).tolist()
+            return (self.accelerator.reduce(flags, reduction="sum") > 0).tolist(), step
+        self.exchanges += 1
+        if self.exchanges == _TIMED_FROM:
+            self._timed_from = time.monotonic()
+        elif self.exchanges == _TIMED_TO:  # its sum is read at the next exchange, and sets the period
+            seconds_per_step = (time.monotonic() - self._timed_from) / (_TIMED_TO - _TIMED_FROM)
+            flags = torch.cat([flags, flags.new_tensor([seconds_per_step])])
         work = torch.distributed.all_reduce(flags, async_op=True)
-        previous, self.pending = self.pending, (work, flags)
-        return self._settled(previous) if previous is not None else [False] * len(flags)
+        previous, self.pending = self.pending, (work, flags, step)
+        if previous is None:
+            agreed = [False] * len(flags), 0
+        else:
+            sums, raised = self._settled(previous)
+            if len(sums) > len(flags):  # the measured step times: mean over the ranks
+                mean = sums[-1] / torch.distributed.get_world_size()
+                self.period = max(1, min(_LONGEST_PERIOD, round(self.every_seconds / max(mean, 1e-9))))
+                sums = sums[:-1]
+            agreed = [s > 0 for s in sums], raised
+        self.next_step = step + self.period
+        return agreed
 
     def settle(self) -> None:
         """Wait for the all-reduce in flight (its flags are no longer needed)."""
@@ -111,37 +147,40 @@ class Agreement:
             self.pending = None
 
     @staticmethod
-    def _settled(pending) -> list[bool]:
-        work, flags = pending
+    def _settled(pending) -> tuple[list[float], int]:
+        work, flags, step = pending
         work.wait()
-        return (flags > 0).tolist()
+        return flags.tolist(), step
 
 
 class CheckpointPolicy:
     def __init__(self, cfg: CheckpointConfig, stop: StopWatcher | None = None,
-                 preemption: PreemptionNotice | None = None):
+                 preemption: PreemptionNotice | None = None, agree_every_seconds: float = AGREE_EVERY_SECONDS):
         self.cfg = cfg
+        self.agree_every_seconds = agree_every_seconds
         self.stop = stop
         self.preemption = preemption
         self.last_save = time.monotonic()
         self.preempted_nodes: tuple = ()  # set by the decision that saves for a preemption notice
         self.agreement: Agreement | None = None  # made at the first decision, when the ranks are up
         # The steps of the last save and of the last notice read: a flag raised at or before them
-        # (agreed one step late) is stale, and must not save or read twice.
+        # (agreed an exchange late) is stale, and must not save or read twice.
         self.saved_step = self.read_step = -1
 
     def decide(self, step: int, total: int, accelerator) -> tuple[bool, bool]:
         """(save a checkpoint now, stop after it). A collective: every rank calls it every step."""
-        time_due = self.cfg.every_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.cfg.every_minutes
-        stop_requested = self.stop is not None and self.stop.requested()
-        notice_due = self.preemption is not None and self.preemption.due()
-        flags = torch.tensor([float(time_due), float(stop_requested), float(notice_due)], device=accelerator.device)
         if self.agreement is None:
-            self.agreement = Agreement(accelerator)
-        time_due, stop, notice_due = self.agreement.exchange(flags)
-        raised = step - self.agreement.lag  # the step whose flags these are
-        time_due = time_due and raised > self.saved_step
-        notice_due = notice_due and raised > self.read_step
+            self.agreement = Agreement(accelerator, self.agree_every_seconds)
+        time_due = stop = notice_due = False
+        if self.agreement.due(step):
+            flags = torch.tensor([
+                float(self.cfg.every_minutes > 0 and time.monotonic() - self.last_save >= 60 * self.cfg.every_minutes),
+                float(self.stop is not None and self.stop.requested()),
+                float(self.preemption is not None and self.preemption.due()),
+            ], device=accelerator.device)
+            (time_due, stop, notice_due), raised = self.agreement.exchange(step, flags)
+            time_due = time_due and raised > self.saved_step
+            notice_due = notice_due and raised > self.read_step
         # A preemption notice: checkpoint at once, and train on. If the node goes, Ray Train restarts
         # the workers from this step; if the drain is cancelled, nothing was lost.
         self.preempted_nodes = ()
