@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _study_arguments(bench_train)
     bench_train.add_argument("--stages", default="0,1,2,3", help="ZeRO stages, comma-separated (default 0,1,2,3)")
-    bench_train.add_argument("--steps", type=int, default=60, help="measured steps per loop, after 10 warm-up steps")
+    bench_train.add_argument("--steps", type=int, default=200, help="measured steps per loop, after 10 warm-up steps (default 200)")
     bench_train.add_argument("--loops", default="crdist,accelerate,ddp", help="which loops (default: all three)")
     bench_train.add_argument("--repeats", type=int, default=2,
                              help="rounds of every loop (DDP runs in the first only); the table gives medians "
