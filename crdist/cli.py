@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         help="samples/s of crdist's worker against a hand-written Accelerate + DeepSpeed loop and torch DDP",
         description="Per ZeRO stage, the steady-state samples/s and per-rank peak memory of crdist's training "
         "worker, of a hand-written loop on the same engine over the same samples in memory, and of torch DDP on "
-        "gloo; each in fresh processes, one per rank.",
+        "gloo; each in fresh processes, one per rank. For crdist's worker also the time per step it spends in its own "
+        "code around the engine (stream, checkpoint decision, logged loss, learning rate) and that time's share of "
+        "its step.",
     )
     _study_arguments(bench_train)
     bench_train.add_argument("--stages", default="0,1,2,3", help="ZeRO stages, comma-separated (default 0,1,2,3)")

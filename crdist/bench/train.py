@@ -13,6 +13,9 @@ the same model from the same initial weights with the same per-rank batch and op
 
 Steady state: the rate over the steps after the first ``warmup`` (the engine's first steps
 allocate its buffers). The ratio crdist / accelerate is the worker's own cost (target ≥ 0.95).
+That ratio divides two runs, each exposed to this machine's noise; the worker's own time is also
+measured inside its run (``OwnTime``): the seconds per step it spends in its own code around the
+engine, which no other process's load can make look smaller or larger than a few percent.
 Rounds (``--repeats``): every loop runs once per round, crdist and the hand loop of a stage back to
 back; each round gives a ratio, and the table shows their median and range (on a shared 2-core
 machine two single runs minutes apart differ by up to 40 %).
@@ -67,6 +70,7 @@ def bench_train(config: Path, overrides: list[str], stages: list[int], steps: in
                 ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
                 runs.append({"loop": loop, "zero_stage": stage, "round": round_,
                              "samples_per_second": ranks[0]["samples_per_second"],
+                             "own_time": ranks[0]["own_time"],
                              "peak_memory_bytes": [r["peak_memory_bytes"] for r in ranks],
                              "start_memory_bytes": [r["start_memory_bytes"] for r in ranks]})
                 print(f"  round {round_}  {loop:<10} ZeRO-{'-' if stage is None else stage}: "
@@ -95,6 +99,10 @@ def _medians(runs: list[dict], plan: list[tuple]) -> list[dict]:
         ratios = [r["samples_per_second"] / hand[r["round"]] for r in mine if loop == "crdist" and r["round"] in hand]
         if ratios:
             row.update(vs_hand_loop=statistics.median(ratios), vs_hand_loop_range=[min(ratios), max(ratios)])
+        own = [r["own_time"] for r in mine if r.get("own_time")]
+        if own:
+            row.update(own_share=statistics.median(o["share"] for o in own),
+                       own_ms_per_step=1000 * statistics.median(o["seconds_per_step"] for o in own))
         rows.append(row)
     return rows
 
@@ -102,16 +110,19 @@ def _medians(runs: list[dict], plan: list[tuple]) -> list[dict]:
 def _print_table(rows: list[dict], world: int, repeats: int) -> None:
     ddp = next((r["samples_per_second"] for r in rows if r["loop"] == "ddp"), None)
     print()
-    print(f"median of {repeats} round(s); vs hand loop: median of the rounds' ratios (lowest–highest)")
-    print("loop        ZeRO  samples/s  per worker  vs hand loop (target ≥ 0.95)  vs DDP  peak MiB/rank (above start)")
+    print(f"median of {repeats} round(s); vs hand loop: median of the rounds' ratios (lowest–highest); "
+          "own: the worker's time in its own code per step, and its share of the step")
+    print("loop        ZeRO  samples/s  per worker  vs hand loop (target ≥ 0.95)  own ms/step (share)  vs DDP  "
+          "peak MiB/rank (above start)")
     for r in rows:
         stage = r["zero_stage"]
         ratio = (f"{r['vs_hand_loop']:.3f} ({r['vs_hand_loop_range'][0]:.2f}–{r['vs_hand_loop_range'][1]:.2f})"
                  if "vs_hand_loop" in r else "")
+        own = f"{r['own_ms_per_step']:.2f} ({100 * r['own_share']:.1f} %)" if "own_share" in r else ""
         vs_ddp = f"{r['samples_per_second'] / ddp:6.2f}" if ddp else "     -"
         above = [(p - s) / 2**20 for p, s in zip(r["peak_memory_bytes"], r["start_memory_bytes"])]
         print(f"{r['loop']:<10}  {'-' if stage is None else stage:>4}  {r['samples_per_second']:9.1f}  "
-              f"{r['samples_per_second'] / world:10.1f}  {ratio:>28}  {vs_ddp}  "
+              f"{r['samples_per_second'] / world:10.1f}  {ratio:>28}  {own:>19}  {vs_ddp}  "
               f"{'/'.join(f'{a:.0f}' for a in above)}")
 
 
@@ -138,15 +149,17 @@ def _rank_main(rank: int, world: int, spec: dict) -> None:
     reset_peak_memory(cpu)
     start = current_memory_bytes(cpu)
     total = WARMUP_STEPS + spec["steps"]
+    own = None
     if spec["loop"] == "crdist":
-        rate = _crdist_worker(study, spec, total)
+        rate, own = _crdist_worker(study, spec, total)
     else:
         inputs, labels = _task_in_memory(study, spec["shards"])
         if spec["loop"] == "accelerate":
             rate = _accelerate_loop(study, spec, inputs, labels, total, world)
         else:
             rate = _ddp_loop(study, spec, inputs, labels, total, world, rank)
-    result = {"samples_per_second": rate, "peak_memory_bytes": peak_memory_bytes(cpu), "start_memory_bytes": start}
+    result = {"samples_per_second": rate, "peak_memory_bytes": peak_memory_bytes(cpu), "start_memory_bytes": start,
+              "own_time": own}
     (Path(spec["out"]) / f"rank{rank}.json").write_text(json.dumps(result))
 
 
@@ -158,7 +171,68 @@ def _steady_rate(step_times: list[tuple[int, float]], global_batch: int) -> floa
     return global_batch * (last - first) / (end - start)
 
 
-def _crdist_worker(study, spec: dict, total: int) -> float:
+class OwnTime:
+    """The seconds a crdist worker spends in its own code around the engine, per measured step:
+    waiting for the stream's next batch, the checkpoint decision, the logged loss's mean over the
+    ranks, and setting the learning rate. Each is timed by wrapping it in this process (a bench's
+    rank, never a real train job); what is left of a step is the model's forward, backward and
+    optimizer step, which the hand loop runs too. The loop's own bookkeeping between these calls is
+    not counted (under 1 % of a ZeRO-0 step of the demo's model, py-spy)."""
+
+    def __init__(self):
+        self.spans: list[tuple[float, float]] = []  # (end, seconds) of each timed call
+        self._depth = 0  # a timed call inside another (one rank's decision reduces) counts once
+
+    def install(self) -> None:
+        import accelerate
+
+        from crdist.data.stream import RankStream
+        from crdist.train import worker
+        from crdist.train.policy import CheckpointPolicy
+
+        self._wrap(CheckpointPolicy, "decide")
+        self._wrap(accelerate.Accelerator, "reduce")
+        self._wrap(worker, "set_learning_rates")
+        batches = RankStream.batches
+
+        def timed_batches(stream, epoch):
+            inner = batches(stream, epoch)
+            while True:
+                start = time.perf_counter()
+                batch = next(inner, None)
+                self._add(start)
+                if batch is None:
+                    return
+                yield batch
+
+        RankStream.batches = timed_batches
+
+    def between(self, start: float, end: float) -> float:
+        """Seconds of the calls that ended between ``start`` and ``end``."""
+        return sum(seconds for at, seconds in self.spans if start < at <= end)
+
+    def _wrap(self, owner, name: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self._depth += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                self._add(start)
+
+        setattr(owner, name, timed)
+
+    def _add(self, start: float) -> None:
+        if self._depth == 0:
+            end = time.perf_counter()
+            self.spans.append((end, end - start))
+
+
+def _crdist_worker(study, spec: dict, total: int) -> tuple[float, dict | None]:
+    """Samples/s over the measured steps, and the worker's own time in them (rank 0 only)."""
     from crdist.train.worker import TrainJob, train_task
 
     out = Path(spec["out"])
@@ -171,12 +245,18 @@ def _crdist_worker(study, spec: dict, total: int) -> float:
                               init_weights=spec["initial"], output=str(out / "c_1.safetensors"),
                               checkpoints=str(out / "checkpoints"), log_dir=str(out / "logs"))
     times = []
+    own = OwnTime()
+    own.install()
     train_task(job, report=lambda event: times.append((event["step"], time.perf_counter()))
                if event.get("kind") == "train" else None)
     if int(os.environ["RANK"]) != 0:
-        return 0.0  # progress events are reported by rank 0
-    return _steady_rate(times, train.batch_size * int(os.environ["WORLD_SIZE"]) * train.accumulation(
-        int(os.environ["WORLD_SIZE"])))
+        return 0.0, None  # progress events are reported by rank 0
+    world = int(os.environ["WORLD_SIZE"])
+    measured = [(step, at) for step, at in times if step >= WARMUP_STEPS]
+    (first, start), (last, end) = measured[0], measured[-1]
+    seconds = own.between(start, end)
+    return (_steady_rate(times, train.batch_size * world * train.accumulation(world)),
+            {"seconds_per_step": seconds / (last - first), "share": seconds / (end - start)})
 
 
 def _task_in_memory(study, shards: str):
