@@ -256,6 +256,8 @@ def _bench_train(args) -> int:
         raise SystemExit(f"crdist bench train: --loops takes {', '.join(LOOPS)}, comma-separated (got {args.loops!r})")
     if args.repeats < 1:
         raise SystemExit(f"crdist bench train: --repeats must be at least 1 (got {args.repeats})")
+    if args.steps < 10:  # the worker's rate comes from its progress events, one every 10 steps
+        raise SystemExit(f"crdist bench train: --steps must be at least 10 (got {args.steps})")
     return bench_train(args.config or _default_config(), args.overrides, stages, args.steps, args.json, loops,
                        args.repeats)
 
