@@ -31,6 +31,10 @@ def test_ray_trains_own_cost_is_taken_out_of_the_start_and_of_the_idle_wall_time
     assert out["wall_over_compute_without_ray_train"] == pytest.approx((40 - 7) / 20)
     assert out["job_ready_over_bare_without_ray_train"] == pytest.approx((12 - 4) / 3)
     assert overhead.without_ray_train([a, b], {**figures, "ray_train_fixed_seconds": None}) == {}
+    # b on the workers a's job kept: no Ray Train start of its own to take out.
+    kept = overhead.TrainSpan("sgd/2", "sgd", submitted=18, entered=18, first_step=19, compute=5, finished=25,
+                              fresh=False)
+    assert overhead.without_ray_train([a, kept], figures)["ray_train_on_wall_seconds"] == 4
 
 
 def test_the_steady_rate_leaves_out_the_warm_up():

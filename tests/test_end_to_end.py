@@ -71,6 +71,16 @@ def test_a_short_study_through_ray_writes_every_report_file(finished_run):
     assert "protocol  method  avg acc" in out and "| lpft |" in (report / "report.md").read_text()
     assert "worker processes have been started" not in out
 
+    # One Ray Train job per method: its workers, started for task 1, trained task 2 too.
+    journal = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()]
+    for method in METHODS:
+        started = {e["job"]: e["workers"] for e in journal if e["event"] == "started" and e["job"].startswith("train/")
+                   and e["job"].split("/")[1] == method}
+        assert started == {f"train/{method}/1": "new", f"train/{method}/2": "kept"}
+        for rank in (0, 1):
+            pids = [(run / "logs" / "train" / f"{method}-task{t}-rank{rank}.pid").read_text() for t in (1, 2)]
+            assert pids[0] == pids[1]
+
 
 def test_rerunning_reuses_finished_jobs_and_a_changed_config_is_refused(finished_run):
     tmp_path, _ = finished_run
@@ -120,7 +130,7 @@ def test_the_wall_time_split_of_a_real_run_adds_up(finished_run):
     run = tmp_path / "runs" / "short"
     figures = overhead.analyse(run)
     trains = [json.loads(p.read_text()) for p in (run / "models").glob("*/c_*.train.json")]
-    assert figures["train_jobs"] == len(trains) == 4 and figures["eval_jobs"] == 10
+    assert figures["train_tasks"] == len(trains) == 4 and figures["train_jobs"] == 2 and figures["eval_jobs"] == 10
     assert figures["train_compute_seconds"] == pytest.approx(sum(t["seconds"] for t in trains))
     for part in ("train_start_seconds", "train_engine_seconds", "train_compute_seconds", "train_end_seconds",
                  "eval_seconds", "wall_with_neither"):
@@ -128,10 +138,11 @@ def test_the_wall_time_split_of_a_real_run_adds_up(finished_run):
     # Unions over the wall clock: never more than the wall, never less than their largest part.
     assert figures["wall_with_training_compute"] <= figures["wall_with_either"] <= figures["wall_seconds"]
     assert figures["wall_with_evaluation"] <= figures["wall_with_either"]
-    # Each job's pieces sit inside its journal interval: submitted ≤ entered ≤ first step ≤ finished.
+    # Each task's pieces sit inside its journal interval: submitted ≤ entered ≤ first step ≤ finished.
     _, _, spans, _ = overhead.spans(run)
     for s in spans:
         assert s.submitted <= s.entered <= s.first_step <= s.first_step + s.compute <= s.finished, s
+    assert 0 < figures["next_task_seconds_median"] < figures["job_ready_seconds_min"]  # kept workers start sooner
     png = run / "report" / "timeline.png"
     overhead.plot_timeline(run, png)
     assert png.stat().st_size > 10_000

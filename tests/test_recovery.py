@@ -155,11 +155,13 @@ def reference(tmp_path_factory):
 
 def test_workers_of_methods_with_state_killed_mid_task_resume_bit_identical(reference):
     """der keeps a replay buffer per rank, ewc a Fisher and an anchor: both carried from task 1 and
-    saved in every checkpoint. A worker of each is SIGKILLed in task 2; Ray Train restarts the
-    group from the checkpoint, and the run ends as if nothing happened, states included."""
+    saved in every checkpoint. A worker of each is SIGKILLed in task 2, with max_failures=0: Ray
+    Train gives the method's job up, and the driver starts it again from task 2 (the job had
+    finished task 1) on new workers, which resume from the checkpoint. The run ends as if nothing
+    happened, states included. (Ray Train's own restart of a worker group is in the node tests.)"""
     tmp_path, reference_dir = reference
     run_dir = tmp_path / "runs" / "workers"
-    process = start(tmp_path, "workers", "train.methods=[der,ewc]")
+    process = start(tmp_path, "workers", "train.methods=[der,ewc]", "train.max_failures=0")
     killed = {}
 
     def kill_each_once():
@@ -173,7 +175,11 @@ def test_workers_of_methods_with_state_killed_mid_task_resume_bit_identical(refe
     assert finish(process, timeout=900) == 0, (tmp_path / "workers.log").read_text()[-3000:]
 
     finished = finished_once(run_dir)
+    again = [(e["event"], e["job"], e.get("again", e.get("workers"))) for e in journal(run_dir)
+             if e["event"] in ("failed", "started") and e["job"].endswith("/2")]
     for method in ("der", "ewc"):
+        assert again.count(("failed", f"train/{method}/2", True)) == 1
+        assert [w for _, job, w in again if job == f"train/{method}/2"] == ["kept", True, "new"]
         assert finished[f"train/{method}/2"]["resumed_from"] >= 20  # restarted within the same run
         assert any(e.get("kind") == "start" and e["method"] == method and e["task"] == 2 and e["step"] >= 20
                    for e in events(run_dir))

@@ -11,9 +11,11 @@ subprocess, timed from the command's start). The figures come from what every ru
 - ``checkpoints/<method>/c_<i>.train.json``: the training loop's own seconds;
 - ``eval/**.json``: each evaluation's seconds, ending at its journal ``finished``.
 
-A train job's time is split into *start* (journal start → the worker's first line: Ray Train),
-*engine* (→ the first step: model, data stream, DeepSpeed engine, checkpoint load), *compute*
-(the loop), and *end* (→ journal finish: weights consolidated and written, worker group torn down).
+A train job trains one method's tasks in the same worker processes. Each task's time is split into
+*start* (journal start → the worker's first line: Ray Train's controller, worker group and process
+group; only a task that starts a job's workers has one), *engine* (→ the first step: model, data
+stream, DeepSpeed engine, checkpoint load), *compute* (the loop), and *end* (→ journal finish:
+weights consolidated and written, seen by the driver).
 The "critical path" figures are unions of intervals over the run's wall time: when some training
 step was computing, when some evaluation was, and when neither was (orchestration, start-up, idle).
 """
@@ -31,13 +33,16 @@ from pathlib import Path
 
 @dataclass
 class TrainSpan:
+    """One task of a train job."""
+
     label: str  # "sgd/1"
     method: str
-    submitted: float  # journal "started"
+    submitted: float  # journal "started" (a task on workers kept from the one before: when it began)
     entered: float | None  # worker's first log line
     first_step: float | None  # worker's "start" event
     compute: float  # the loop's seconds
     finished: float  # journal "finished"
+    fresh: bool = True  # the task started its job's workers; False: they had trained the one before
 
 
 @dataclass
@@ -195,6 +200,8 @@ def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]
     started = {e["job"]: e["time"] for e in journal if e["event"] == "started"}
     finished = {e["job"]: e["time"] for e in journal if e["event"] == "finished"}
     report = journal[-1]["time"]
+    # Run directories written before train jobs kept their workers have no "workers" field: all new.
+    fresh = {e["job"]: e.get("workers", "new") == "new" for e in journal if e["event"] == "started"}
     trains = []
     for job, submitted in started.items():
         if not job.startswith("train/") or job not in finished:
@@ -202,8 +209,13 @@ def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]
         label = job.removeprefix("train/")
         method, task = label.split("/")
         summary = json.loads((run_dir / "models" / method / f"c_{task}.train.json").read_text())
-        trains.append(TrainSpan(label, method, submitted, _last_attempt(run_dir, label, True),
-                                _last_attempt(run_dir, label, False), summary["seconds"], finished[job]))
+        entered = _last_attempt(run_dir, label, True)
+        if not fresh[job] and entered is not None:
+            # The workers begin the next task as soon as they have written c_i; the driver journals
+            # its start when it sees c_i, up to half a second later.
+            submitted = min(submitted, entered)
+        trains.append(TrainSpan(label, method, submitted, entered, _last_attempt(run_dir, label, False),
+                                summary["seconds"], finished[job], fresh[job]))
     evals = []
     for job, end in finished.items():
         if not job.startswith("eval/"):
@@ -227,7 +239,7 @@ def without_ray_train(trains: list[TrainSpan], figures: dict) -> dict:
     fixed, bare = figures.get("ray_train_fixed_seconds"), figures.get("bare_start_seconds")
     if not fixed:
         return {}
-    starting = [(max(t.submitted, t.entered - fixed), t.entered) for t in trains if t.entered]
+    starting = [(max(t.submitted, t.entered - fixed), t.entered) for t in trains if t.entered and t.fresh]
     compute = [(t.first_step, t.first_step + t.compute) for t in trains if t.first_step]
     on_wall = _union(starting + compute) - _union(compute)
     out = {"ray_train_on_wall_seconds": on_wall,
@@ -264,8 +276,9 @@ def analyse(run_dir: Path, command_seconds: float | None = None) -> dict:
         "driver_to_first_job_seconds": first_job - run_start,
         "ray_start_seconds_at": int(ray_line.group(1)) if ray_line else None,
         "data_preparation_seconds": float(data_line.group(1)) if data_line else 0.0,
-        "train_jobs": len(trains),
-        "train_start_seconds": sum(t.entered - t.submitted for t in trains if t.entered),
+        "train_jobs": sum(t.fresh for t in trains),
+        "train_tasks": len(trains),
+        "train_start_seconds": sum(t.entered - t.submitted for t in trains if t.entered and t.fresh),
         "train_engine_seconds": sum(t.first_step - t.entered for t in trains if t.first_step and t.entered),
         "train_compute_seconds": sum(t.compute for t in trains),
         "train_end_seconds": sum(t.finished - t.first_step - t.compute for t in trains if t.first_step),
@@ -280,28 +293,40 @@ def analyse(run_dir: Path, command_seconds: float | None = None) -> dict:
     figures["wall_with_neither"] = wall - figures["wall_with_either"]
     # Ray Train's start includes waiting for free CPUs behind other jobs; the quickest job's start
     # is the closest to its fixed cost.
-    ready = sorted(t.first_step - t.submitted for t in trains if t.first_step)
+    ready = sorted(t.first_step - t.submitted for t in trains if t.first_step and t.fresh)
     figures["job_ready_seconds_min"] = ready[0] if ready else None
     figures["job_ready_seconds_median"] = ready[len(ready) // 2] if ready else None
+    # A task on kept workers: from the end of the one before (its c_i written) to its first step.
+    previous, switches = {}, []
+    for t in sorted(trains, key=lambda t: t.submitted):
+        if not t.fresh and t.first_step and t.method in previous:
+            switches.append(t.first_step - previous[t.method])
+        previous[t.method] = t.finished
+    switches.sort()
+    figures["next_task_seconds_median"] = switches[len(switches) // 2] if switches else None
     figures["wall_over_compute"] = wall / max(figures["train_compute_seconds"] + figures["eval_seconds"], 1e-9)
     return figures
 
 
 def _print(f: dict) -> None:
-    n = max(f["train_jobs"], 1)
+    n, tasks = max(f["train_jobs"], 1), max(f.get("train_tasks", f["train_jobs"]), 1)
     print()
     if f["command_seconds"]:
         print(f"command wall time            {f['command_seconds']:8.1f} s   (process start to exit)")
     print(f"run wall time                {f['wall_seconds']:8.1f} s   (driver start to report)")
     print(f"  driver start → first job   {f['driver_to_first_job_seconds']:8.1f} s   "
           f"(data preparation {f['data_preparation_seconds']:.1f} s, Ray up at {f['ray_start_seconds_at']} s)")
-    print(f"train jobs                   {f['train_jobs']:8d}")
+    print(f"train jobs                   {f['train_jobs']:8d}   (Ray Train jobs, each training a method's tasks "
+          f"in turn: {tasks} tasks)")
     print(f"  start (Ray Train)          {f['train_start_seconds']:8.1f} s   {f['train_start_seconds'] / n:6.1f} s/job")
-    print(f"  engine (model, stream, DS) {f['train_engine_seconds']:8.1f} s   {f['train_engine_seconds'] / n:6.1f} s/job")
-    print(f"  compute (training loop)    {f['train_compute_seconds']:8.1f} s   {f['train_compute_seconds'] / n:6.1f} s/job")
-    print(f"  end (save, teardown)       {f['train_end_seconds']:8.1f} s   {f['train_end_seconds'] / n:6.1f} s/job")
+    print(f"  engine (model, stream, DS) {f['train_engine_seconds']:8.1f} s   {f['train_engine_seconds'] / tasks:6.1f} s/task")
+    print(f"  compute (training loop)    {f['train_compute_seconds']:8.1f} s   {f['train_compute_seconds'] / tasks:6.1f} s/task")
+    print(f"  end (consolidate, write)   {f['train_end_seconds']:8.1f} s   {f['train_end_seconds'] / tasks:6.1f} s/task")
     print(f"  submitted → first step     {f['job_ready_seconds_min']:8.1f} s   at the quickest job "
           f"(median {f['job_ready_seconds_median']:.1f} s: waiting for CPUs included)")
+    if f.get("next_task_seconds_median") is not None:
+        print(f"  c_i written → next task's first step {f['next_task_seconds_median']:4.1f} s   "
+              "(median, the job's workers kept)")
     if f.get("bare_start_seconds"):
         print(f"  bare launch → first step   {f['bare_start_seconds']:8.1f} s   (the same worker without Ray: "
               f"process start, imports, process group, engine); quickest job / bare = "

@@ -1,8 +1,8 @@
 """The driver: set up a study (run directory, shards, c_0, Ray), let the scheduler run its jobs,
 and write the report.
 
-Each train job is a Ray Train TorchTrainer run (launched from a Ray task so that several can be in
-flight); each eval job is a Ray task. Finished jobs leave files in the run directory (weights,
+Each method's train job is a Ray Train TorchTrainer run whose workers train its tasks in turn
+(launched from a Ray task so that several can be in flight); each eval job is a Ray task. Finished jobs leave files in the run directory (weights,
 eval JSON) and lines in its journal, so rerunning the same command (or ``crdist resume``) continues
 where the last run stopped, resuming the task in progress from its latest checkpoint.
 
@@ -110,8 +110,9 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
     _write_initial_model(study, manifest, run, console)
     console.print(
         f"plan   {len(train.methods)} method(s) [{', '.join(train.methods)}] × {len(manifest.tasks)} tasks = "
-        f"{len(train.methods) * len(manifest.tasks)} train jobs of {_describe_steps(steps)} "
-        f"({train.workers} workers × batch {train.batch_size}, ZeRO-{train.zero_stage}); "
+        f"{len(train.methods) * len(manifest.tasks)} train tasks of {_describe_steps(steps)} "
+        f"({train.workers} workers × batch {train.batch_size}, ZeRO-{train.zero_stage}; one Ray Train job per "
+        f"method, its workers kept from task to task); "
         f"{eval_count(study, manifest)} eval jobs [{', '.join(study.evaluate.protocols)}]; "
         f"checkpoints {_describe_checkpoints(study.checkpoint)}"
     )

@@ -10,11 +10,12 @@ import ray
 
 
 @ray.remote(num_cpus=0, max_retries=2)
-def fit_train_job(job, progress, stop, storage, run_name) -> dict | None:
-    """Runs a Ray Train job from inside a task, so several jobs can be in flight at once."""
+def fit_train_job(jobs, progress, stop, storage, run_name) -> dict:
+    """Runs a method's Ray Train job (its tasks in order) from inside a task, so several jobs can be
+    in flight at once."""
     from crdist.train.job import fit
 
-    return fit(job, progress, stop, storage, run_name)
+    return fit(jobs, progress, stop, storage, run_name)
 
 
 @ray.remote(num_cpus=0, max_retries=0)

@@ -3,6 +3,11 @@
     train(m, 1) → train(m, 2) → … → train(m, T)          one chain per method, all from c_0
     eval(c_i, j) for every task j, as soon as c_i exists  (overlaps training of task i+1)
 
+A method's chain is one Ray Train job whose workers train its tasks one after another
+(``crdist/train/job.py``); the driver sees task i done when c_i's weights appear (written last,
+atomically) and starts its evaluations while the workers go on to task i+1. In the journal each
+task is still a job of its own: ``train/<method>/<i>`` started, finished or stopped.
+
 A job whose output already exists (from an earlier, interrupted run of the same study) is not run
 again. Every job start, finish and stop goes into the run's journal.
 """
@@ -44,7 +49,9 @@ class _Job:
     label: str
     method: str | None
     row: int
-    task: int
+    task: int  # a train job: the task its workers are training now
+    first_task: int = 0  # a train job: the tasks it trains, first_task … last_task
+    last_task: int = 0
 
 
 def eval_count(study, manifest: Manifest) -> int:
@@ -100,6 +107,7 @@ class Scheduler:
                 break
             ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0.5)
             self.drain_progress()
+            self.follow_train_jobs()
             for ref in ready:
                 self.finish(ref)
         self.drain_progress()
@@ -135,30 +143,39 @@ class Scheduler:
     # -- submission ---------------------------------------------------------------------------
 
     def submit_train(self, method: str, task: int) -> None:
-        job = _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task)
-        output = self.run_dir.weights(method, task)
-        if output.is_file():
-            self.console.print(f"train  {job.label}: already done, reusing {output.relative_to(self.run_dir.root)}")
-            self._journal_finished_if_new(job)
+        """Queue the method's train job for tasks ``task`` … T; tasks whose weights exist (from an
+        earlier run of the study) are reused instead."""
+        while task <= self.tasks and self.run_dir.weights(method, task).is_file():
+            output = self.run_dir.weights(method, task)
+            self.console.print(f"train  {method} task {task}/{self.tasks}: already done, reusing "
+                               f"{output.relative_to(self.run_dir.root)}")
+            self._journal_finished_if_new(self._train_job(method, task))
             self.trained(method, task)
+            task += 1
+        if task > self.tasks or self.stop_deadline is not None:
             return
-        if self.stop_deadline is not None:
-            return
-        train_job = TrainJob.from_study(
-            self.study,
-            method,
-            task=task,
-            num_tasks=self.tasks,
-            shards=str(self.manifest.root),
-            init_weights=str(self.run_dir.weights(method, task - 1).resolve()),
-            output=str(output.resolve()),
-            checkpoints=str(self.run_dir.checkpoints(method, task).resolve()),
-            log_dir=str((self.run_dir.logs / "train").resolve()),
-            init_state=str(self.run_dir.method_state(method, task - 1).resolve()) if task > 1 else None,
-            output_state=str(self.run_dir.method_state(method, task).resolve()),
-        )
-        self.waiting_trains.append((job, train_job))
+        train_jobs = [
+            TrainJob.from_study(
+                self.study,
+                method,
+                task=t,
+                num_tasks=self.tasks,
+                shards=str(self.manifest.root),
+                init_weights=str(self.run_dir.weights(method, t - 1).resolve()),
+                output=str(self.run_dir.weights(method, t).resolve()),
+                checkpoints=str(self.run_dir.checkpoints(method, t).resolve()),
+                log_dir=str((self.run_dir.logs / "train").resolve()),
+                init_state=str(self.run_dir.method_state(method, t - 1).resolve()) if t > 1 else None,
+                output_state=str(self.run_dir.method_state(method, t).resolve()),
+            )
+            for t in range(task, self.tasks + 1)
+        ]
+        self.waiting_trains.append((self._train_job(method, task), train_jobs))
         self.start_waiting_trains()
+
+    def _train_job(self, method: str, task: int) -> _Job:
+        return _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task,
+                    first_task=task, last_task=self.tasks)
 
     def start_waiting_trains(self) -> None:
         """Launch as many waiting train jobs as the cluster can train at once. A job launched beyond
@@ -170,14 +187,14 @@ class Scheduler:
 
         free = self.train_slots() - sum(job.kind == "train" for job in self.pending.values())
         for _ in range(min(free, len(self.waiting_trains))):
-            job, train_job = self.waiting_trains.popleft()
+            job, train_jobs = self.waiting_trains.popleft()
             # Launched from the driver's node: a worker node lost to preemption then takes only
             # workers with it, never the job's controller.
             ref = fit_train_job.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
-            ).remote(train_job, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
+            ).remote(train_jobs, self.progress, self.stop_flag, self.run_dir.ray_storage.resolve(), self.study.name)
             self.pending[ref] = job
-            self.journal.record("started", job.key)
+            self.journal.record("started", job.key, workers="new")
 
     def train_slots(self) -> int:
         """Train jobs the cluster's CPUs can run at once (at least one); asked each time, as
@@ -252,13 +269,46 @@ class Scheduler:
 
     # -- completion ---------------------------------------------------------------------------
 
+    def follow_train_jobs(self) -> None:
+        for job in [job for job in self.pending.values() if job.kind == "train"]:
+            self.follow_train_job(job)
+
+    def follow_train_job(self, job: _Job) -> None:
+        """Take in every task the train job has finished since last asked: their weights exist."""
+        while job.task <= job.last_task and self.run_dir.weights(job.method, job.task).is_file():
+            self.task_trained(job)
+
+    def task_trained(self, job: _Job) -> None:
+        """The train job's current task is done: journal it, start its evaluations, and move the job
+        on to the task its workers are training next."""
+        method, task = job.method, job.task
+        result = json.loads(self.run_dir.weights(method, task).with_suffix(".train.json").read_text())
+        self.journal.record("finished", job.key, steps=result["steps"], resumed_from=result["resumed_from"])
+        self.console.print(
+            f"train  {job.label} done: {result['steps']} steps"
+            + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")
+            + f" in {result['seconds']:.1f} s ({result['samples_per_second']:,.0f} samples/s), "
+            f"loss {result['first_loss']:.3f} → {result['final_loss']:.3f}"
+            + _peak_memory(result)
+        )
+        self.console.record({"kind": "train_done", "job": job.label, **result, "method": method, "task": task})
+        job.task += 1
+        if job.task <= job.last_task:
+            fresh = self._train_job(method, job.task)
+            job.key, job.label, job.row = fresh.key, fresh.label, fresh.row
+            self.journal.record("started", job.key, workers="kept")
+        self.trained(method, task)
+
     def finish(self, ref) -> None:
         import ray
 
         job = self.pending.pop(ref)
         try:
             result = ray.get(ref)
-        except Exception as err:  # a job failed for good: stop and say which job and where to look
+        except Exception as err:
+            if job.kind == "train" and self._train_again(job, err):
+                return
+            # A job failed for good: stop and say which job and where to look.
             self.journal.record("failed", job.key, error=_root_cause(err))
             raise StudyError(
                 f"{job.kind} job '{job.label}' failed: {_root_cause(err)}\n"
@@ -273,30 +323,33 @@ class Scheduler:
             )
             self.evaluated(job, result)
             self.start_waiting_evals()
-        elif result is None:
-            self.journal.record("stopped", job.key)
-            self.console.print(f"train  {job.label}: stopped after its checkpoint")
         else:
-            self.journal.record("finished", job.key, steps=result["steps"], resumed_from=result["resumed_from"])
-            self.console.print(
-                f"train  {job.label} done: {result['steps']} steps"
-                + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")
-                + f" in {result['seconds']:.1f} s ({result['samples_per_second']:,.0f} samples/s), "
-                f"loss {result['first_loss']:.3f} → {result['final_loss']:.3f}"
-                + _peak_memory(result)
-            )
-            self.console.record({"kind": "train_done", "job": job.label, **result,
-                                 "method": job.method, "task": job.task})
-            self.trained(job.method, job.task)
+            self.follow_train_job(job)
+            if job.task <= job.last_task:  # it returned before its last task: stopped on request
+                self.journal.record("stopped", job.key)
+                self.console.print(f"train  {job.label}: stopped after its checkpoint")
         if job.kind == "train":
             self.start_waiting_trains()  # its slot is free
             self.start_waiting_evals()  # after the last train job, evaluations may take its CPUs
 
+    def _train_again(self, job: _Job, err: Exception) -> bool:
+        """A train job that failed for good (Ray Train's restarts spent) after finishing one of its
+        tasks or more is started again from the task it was on, with a fresh budget: the budget
+        is then one per task's worth of progress, as a job per task would have it. A job that
+        finished none fails the study."""
+        self.follow_train_job(job)
+        if job.task == job.first_task or job.task > job.last_task or self.stop_deadline is not None:
+            return False
+        self.journal.record("failed", job.key, error=_root_cause(err), again=True)
+        self.console.print(f"warn   train {job.label} failed after finishing tasks {job.first_task}–{job.task - 1} "
+                           f"({_root_cause(err)}); starting its workers again from this task")
+        self.submit_train(job.method, job.task)
+        return True
+
     def trained(self, method: str, task: int) -> None:
+        """c_task exists: evaluate it on every task."""
         for j in range(1, self.tasks + 1):
             self.submit_eval(method, task, j)
-        if task < self.tasks:
-            self.submit_train(method, task + 1)
 
     def evaluated(self, job: _Job, result: dict) -> None:
         self.evals_done += 1

@@ -1,19 +1,25 @@
-"""One task's continued pretraining as a Ray Train job: a TorchTrainer over N workers.
+"""A method's continued pretraining on its tasks as one Ray Train job: a TorchTrainer over N workers
+that train the tasks one after another, in the same processes (``train_tasks``).
+
+One job per method, not per task: a worker group costs seconds to start (Ray Train's controller
+and workers, imports, the process group), often more than a task of a small study trains. Each
+task still writes its own weights, summary and checkpoints; the driver follows the weights as they
+appear and evaluates each c_i while the workers go on to the next task.
 
 Worker failures are Ray Train's to handle: with ``FailureConfig(max_failures)`` it restarts the
-whole worker group, and each new worker resumes from the job's latest checkpoint. A preempted node
+whole worker group, and the new workers pass over the tasks already trained and resume the one
+they were on from its latest checkpoint. A preempted node
 (drained first, then gone) is counted apart, against ``max_preemption_failures``; the workers
 checkpoint as soon as the drain is announced, so the restart resumes from that step.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
-from crdist.train.worker import TrainJob, train_task
+from crdist.train.worker import TrainJob, train_tasks
 
 log = logging.getLogger("crdist.train")
 
@@ -23,7 +29,7 @@ RAY_PREEMPTION_POLL = "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"
 
 
 def _train_loop_per_worker(config: dict) -> None:
-    job: TrainJob = config["job"]
+    jobs: list[TrainJob] = config["jobs"]
     progress = config["progress"]
 
     def report(event: dict) -> None:
@@ -36,21 +42,29 @@ def _train_loop_per_worker(config: dict) -> None:
 
     import ray.train
 
-    train_task(job, report=report, stop_flag=config["stop"], preemption_info=ray.train.get_preemption_info)
+    train_tasks(jobs, report=report, stop_flag=config["stop"], preemption_info=ray.train.get_preemption_info)
 
 
-def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | None:
-    """Run the job on the connected Ray cluster; returns its training summary, or None when it
-    stopped early on request (checkpointed, no weights written)."""
+def fit(jobs: list[TrainJob], progress, stop, storage: Path, run_name: str) -> dict:
+    """Train ``jobs`` (one method's tasks, in order) on the connected Ray cluster. Returns
+    ``{"stopped": True}`` when they stopped early on request (the task then training checkpointed,
+    its weights not written), else ``{"stopped": False}``; each task's summary is on disk beside
+    its weights."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    train = job.train
-    _watch_for_preemption_every(job.checkpoint.preemption_poll_seconds)
+    todo = [job for job in jobs if not Path(job.output).is_file()]  # a retried launcher's tasks may be done
+    if not todo:
+        return {"stopped": False}
+    if stop is not None and ray.get(stop.requested.remote()):
+        return {"stopped": True}  # stopping: do not start a job only to stop it
+    first = todo[0]
+    train = first.train
+    _watch_for_preemption_every(first.checkpoint.preemption_poll_seconds)
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"job": job, "progress": progress, "stop": stop},
+        train_loop_config={"jobs": todo, "progress": progress, "stop": stop},
         scaling_config=ScalingConfig(
             num_workers=train.workers,
             use_gpu=train.use_gpu,
@@ -58,17 +72,14 @@ def fit(job: TrainJob, progress, stop, storage: Path, run_name: str) -> dict | N
             placement_strategy=train.placement,
         ),
         run_config=RunConfig(
-            name=f"{run_name}-{job.method}-task{job.task}",
+            name=f"{run_name}-{first.method}-tasks{first.task}-{todo[-1].task}",
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=train.max_failures,
                                          max_preemption_failures=train.max_preemption_failures),
         ),
     )
-    if not Path(job.output).is_file():  # a retried launcher whose job had already finished skips this
-        if stop is not None and ray.get(stop.requested.remote()):
-            return None  # stopping: do not start a job only to stop it
-        trainer.fit()
-    return json.loads(summary_path(job).read_text()) if Path(job.output).is_file() else None
+    trainer.fit()
+    return {"stopped": not Path(todo[-1].output).is_file()}
 
 
 def _watch_for_preemption_every(seconds: float) -> None:
@@ -78,8 +89,3 @@ def _watch_for_preemption_every(seconds: float) -> None:
     often (an operator's own setting wins)."""
     if seconds > 0:
         os.environ.setdefault(RAY_PREEMPTION_POLL, f"{seconds:g}")
-
-
-def summary_path(job: TrainJob) -> Path:
-    """Training summary written by rank 0 beside the weights (before them: weights mean done)."""
-    return Path(job.output).with_suffix(".train.json")

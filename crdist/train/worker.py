@@ -1,4 +1,5 @@
-"""One worker's continued pretraining on one task: setup → fit → save consolidated weights.
+"""One worker's continued pretraining on one task: setup → fit → save consolidated weights; and a
+method's tasks one after another in the same worker processes.
 
 Runs in every rank of a job (a Ray Train worker, or any process group launched with the usual
 RANK / WORLD_SIZE / MASTER_ADDR environment). All ranks run exactly the same number of steps.
@@ -6,6 +7,7 @@ RANK / WORLD_SIZE / MASTER_ADDR environment). All ranks run exactly the same num
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -98,14 +100,44 @@ class TaskResult:
 Reporter = Callable[[dict], None]
 
 
+def train_tasks(jobs: list[TrainJob], report: Reporter = lambda event: None, stop_flag=None,
+                preemption_info: Callable[[], object] | None = None) -> list[TaskResult]:
+    """Train a method's tasks in order on this rank, each as ``train_task`` would in a fresh process
+    (its own seed, model, stream, engine and checkpoints; the same weights bit for bit), and stop
+    after a task that stopped on request. Tasks whose weights exist are passed over: a restarted
+    worker group resumes at the task it was training.
+
+    What the processes keep from task to task is what a fresh one would spend seconds rebuilding:
+    the imports, the process group, and the Accelerator (Accelerate takes a DeepSpeed plugin only
+    in a process's first one), whose engine is destroyed after each task.
+    """
+    world, _ = _world_and_rank()
+    if not jobs[0].train.use_gpu:
+        return_large_frees_to_the_system()
+    accelerator = make_accelerator(jobs[0].train, world)
+    done = agree([Path(job.output).is_file() for job in jobs])  # rank 0's view, on every rank
+    results = [_finished(job) for job, finished in zip(jobs, done) if finished]
+    for job in [job for job, finished in zip(jobs, done) if not finished]:
+        try:
+            result = train_task(job, report, stop_flag, preemption_info, accelerator=accelerator)
+        finally:
+            accelerator.free_memory()  # the task's DeepSpeed engine, model and optimizer
+            gc.collect()
+        results.append(result)
+        if result.stopped:
+            break
+    return results
+
+
 def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=None,
-               preemption_info: Callable[[], object] | None = None) -> TaskResult:
+               preemption_info: Callable[[], object] | None = None, accelerator=None) -> TaskResult:
     """Train ``job`` on this rank, resuming from its latest checkpoint if there is one.
 
     Rank 0 calls ``report`` with progress events. ``stop_flag`` is the driver's stop request (a
     Ray actor); when it is raised, every rank checkpoints at the same step and returns.
     ``preemption_info`` is ``ray.train.get_preemption_info`` under Ray Train: when it names a
-    node of this job, every rank checkpoints at the same step and trains on.
+    node of this job, every rank checkpoints at the same step and trains on. ``accelerator``: the
+    process's Accelerator when it trained a task before (``train_tasks``); made here otherwise.
     """
     world, rank = _world_and_rank()
     log_dir = Path(job.log_dir)
@@ -118,7 +150,7 @@ def train_task(job: TrainJob, report: Reporter = lambda event: None, stop_flag=N
         log.info("%s: rank %d of %d, pid %d", job.label, rank, world, os.getpid())
         if not job.train.use_gpu:
             return_large_frees_to_the_system()
-        accelerator = make_accelerator(job.train, world)
+        accelerator = accelerator or make_accelerator(job.train, world)
         start_memory = current_memory_bytes(accelerator.device)
         reset_peak_memory(accelerator.device)
         if agree(Path(job.output).is_file()):  # a restart after the job had already finished
