@@ -338,12 +338,18 @@ class Scheduler:
         is then one per task's worth of progress, as a job per task would have it. A job that
         finished none fails the study."""
         self.follow_train_job(job)
-        if job.task == job.first_task or job.task > job.last_task or self.stop_deadline is not None:
+        if job.task > job.last_task:  # every task's weights are written: it failed on its way out
+            self.console.print(f"warn   train {job.method}: its job failed after its last task ({_root_cause(err)}); "
+                               "every task's weights are written")
+        elif job.task == job.first_task or self.stop_deadline is not None:
             return False
-        self.journal.record("failed", job.key, error=_root_cause(err), again=True)
-        self.console.print(f"warn   train {job.label} failed after finishing tasks {job.first_task}–{job.task - 1} "
-                           f"({_root_cause(err)}); starting its workers again from this task")
-        self.submit_train(job.method, job.task)
+        else:
+            self.journal.record("failed", job.key, error=_root_cause(err), again=True)
+            self.console.print(f"warn   train {job.label} failed after finishing tasks {job.first_task}–{job.task - 1} "
+                               f"({_root_cause(err)}); starting its workers again from this task")
+            self.submit_train(job.method, job.task)
+        self.start_waiting_trains()
+        self.start_waiting_evals()
         return True
 
     def trained(self, method: str, task: int) -> None:
