@@ -1,5 +1,6 @@
 """A real 2-process DeepSpeed ZeRO run through Accelerate, on real shards, outside Ray."""
 
+import gc
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch.multiprocessing as mp
 from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
-from crdist.train.worker import TrainJob, train_task
+from crdist.train.worker import TrainJob, train_task, train_tasks
 from tests.conftest import study
 
 
@@ -84,3 +85,40 @@ def test_lpft_switches_from_probe_to_finetuning_with_a_restarted_schedule(tmp_pa
     before, after = load_weights(job.init_weights), load_weights(job.output)
     assert not torch.equal(before["backbone.0.weight"], after["backbone.0.weight"])
     assert not torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"])  # BN trains again
+
+
+def _tasks_in_one_process(rank: int, jobs: list[TrainJob], port: int, out: str) -> None:
+    import deepspeed
+
+    with rank_environment(rank, 2, port):
+        train_tasks(jobs)
+        # Engines made after train_tasks froze the older objects are the collector's to find.
+        engines = sum(isinstance(o, deepspeed.DeepSpeedEngine) for o in gc.get_objects())
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"engines_left": engines}, f)
+
+
+def test_a_methods_tasks_in_one_process_free_each_engine_and_train_as_fresh_processes_do(tmp_path, digits_shards,
+                                                                                      deepspeed_cpu_op):
+    """What a train job does with its workers: both tasks in the same two processes, under ZeRO-3
+    (whose DeepSpeed keeps every model for the process's life unless told otherwise). No engine
+    is left afterwards, and task 2 equals task 2 trained from the same c_1 in fresh processes."""
+    cfg = study(data={"shards": str(digits_shards)}, train={"methods": ["lpft"], "zero_stage": 3, "max_steps": 6},
+                lpft={"probe_fraction": 0.5, "probe_lr": 0.01})
+    save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), tmp_path / "c_0.safetensors")
+
+    def job(task: int, out: str) -> TrainJob:
+        return TrainJob.from_study(cfg, "lpft", task=task, num_tasks=2, shards=str(digits_shards),
+                                   init_weights=str(tmp_path / f"c_{task - 1}.safetensors"),
+                                   output=str(tmp_path / out), checkpoints=str(tmp_path / f"checkpoints-{out}"),
+                                   log_dir=str(tmp_path / "logs"))
+
+    jobs = [job(1, "c_1.safetensors"), job(2, "c_2.safetensors")]
+    mp.spawn(_tasks_in_one_process, args=(jobs, free_port(), str(tmp_path / "left.json")), nprocs=2, join=True)
+    assert json.loads((tmp_path / "left.json").read_text()) == {"engines_left": 0}
+    mp.spawn(_rank_main, args=(job(2, "fresh_c_2.safetensors"), free_port(), str(tmp_path / "events.json")),
+             nprocs=2, join=True)
+    kept, fresh = load_weights(tmp_path / "c_2.safetensors"), load_weights(tmp_path / "fresh_c_2.safetensors")
+    assert kept.keys() == fresh.keys() and all(torch.equal(kept[k], fresh[k]) for k in kept)
+    assert not torch.equal(kept["head.weight"], load_weights(tmp_path / "c_1.safetensors")["head.weight"])

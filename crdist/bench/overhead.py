@@ -387,7 +387,7 @@ def plot_timeline(run_dir: Path, png: Path) -> None:
     ax.set_xlim(0, report - run_start)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
     ax.legend(handles, ["train: Ray Train start", "train: engine + stream + model", "train: compute",
-                        "train: save + teardown", "evaluation"], loc="upper center", ncol=5, fontsize=7,
+                        "train: consolidate + write c_i", "evaluation"], loc="upper center", ncol=5, fontsize=7,
               bbox_to_anchor=(0.5, 1.0 + 1.2 / rows))
     ax.set_title(f"{run_dir.name}: jobs over time", pad=28)
     fig.tight_layout()

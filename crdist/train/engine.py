@@ -18,10 +18,12 @@ Facts this module encodes (accelerate 1.15, deepspeed 0.19, no CUDA):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -83,6 +85,35 @@ def make_accelerator(cfg: TrainConfig, world: int):
         mixed_precision="bf16" if cfg.precision == "bf16" else "no",
         kwargs_handlers=handlers,
     )
+
+
+def release_engine(accelerator) -> bool:
+    """Free the DeepSpeed engine (model, optimizer, gradients) of the task just trained, so that the
+    next task in the same process starts from the memory a fresh process would. Returns whether
+    the engine is gone.
+
+    ``Accelerator.free_memory`` destroys the engine, but drops its own reference only after its
+    garbage collection, and the engine's hooks make it a reference cycle: a second collection frees
+    it. Under ZeRO-3, DeepSpeed 0.19 also keeps every engine's model for the life of the process:
+    in ``parameter_offload.FWD_MODULE_STACK`` (the model is pushed at set-up and never popped) and
+    in the ``functools.lru_cache`` of ``PartitionedParameterCoordinator.__params_to_release``,
+    keyed by coordinator and module. Both are emptied here; a process holds one engine at a time.
+    """
+    engines = [weakref.ref(model) for model in accelerator._models]  # the prepared engines
+    accelerator.free_memory()
+    try:
+        from deepspeed.runtime.zero import parameter_offload
+        from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+    except ImportError:
+        pass
+    else:
+        parameter_offload.FWD_MODULE_STACK.clear()
+        cached = PartitionedParameterCoordinator.__dict__.get("_PartitionedParameterCoordinator__params_to_release")
+        for cell in getattr(cached, "__closure__", None) or ():  # under DeepSpeed's instrument_w_nvtx wrapper
+            if hasattr(cell.cell_contents, "cache_clear"):
+                cell.cell_contents.cache_clear()
+    gc.collect()
+    return all(engine() is None for engine in engines)
 
 
 def _share_fp32_partitions_in_zero3() -> None:
