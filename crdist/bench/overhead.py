@@ -296,12 +296,14 @@ def analyse(run_dir: Path, command_seconds: float | None = None) -> dict:
     ready = sorted(t.first_step - t.submitted for t in trains if t.first_step and t.fresh)
     figures["job_ready_seconds_min"] = ready[0] if ready else None
     figures["job_ready_seconds_median"] = ready[len(ready) // 2] if ready else None
-    # A task on kept workers: from the end of the one before (its c_i written) to its first step.
-    previous, switches = {}, []
-    for t in sorted(trains, key=lambda t: t.submitted):
-        if not t.fresh and t.first_step and t.method in previous:
-            switches.append(t.first_step - previous[t.method])
-        previous[t.method] = t.finished
+    # A task on kept workers: from the task before's weights written (their file's time; the driver
+    # sees them up to half a second later) to its first step.
+    switches = []
+    for t in trains:
+        method, task = t.label.split("/")
+        before = run_dir / "models" / method / f"c_{int(task) - 1}.safetensors"
+        if not t.fresh and t.first_step and before.is_file():
+            switches.append(t.first_step - before.stat().st_mtime)
     switches.sort()
     figures["next_task_seconds_median"] = switches[len(switches) // 2] if switches else None
     figures["wall_over_compute"] = wall / max(figures["train_compute_seconds"] + figures["eval_seconds"], 1e-9)
