@@ -46,7 +46,8 @@ class TrainConfig:
     # of each global batch, so the result does not depend on the worker count (N× the reading).
     data_order: Literal["sharded", "global"] = "sharded"
     log_every: int = 10  # steps between progress reports
-    # Worker-group restarts Ray Train allows per task (each resumes from the latest checkpoint).
+    # Worker-group restarts Ray Train allows a method's train job (each resumes from the latest
+    # checkpoint); a job that spends them after finishing a task is started again from its next.
     max_failures: int = 3
     # Restarts after a node preemption (a drained node that went), counted apart from max_failures;
     # -1 = no limit.
