@@ -12,7 +12,7 @@ from crdist.evaluate.metrics import summarize
 from tests import fixtures
 from tests.conftest import ROOT
 
-METHODS = ["sgd", "lpft"]
+METHODS = ["sgd", "lpft", "frozen"]
 PROTOCOLS = ["knn", "linear", "finetune"]
 
 
@@ -20,7 +20,8 @@ def crdist_run(tmp_path, *overrides):
     args = [
         "name=short", f"runs_dir={tmp_path / 'runs'}", f"data.shards={tmp_path / 'shards'}", "data.tasks=2",
         "train.epochs=1", "train.max_steps=6", "train.log_every=3", "train.zero_stage=3",
-        "evaluate.finetune.steps=5", *overrides,
+        "evaluate.finetune.steps=5", "evaluate.finetune.repeats=2", f"train.methods=[{','.join(METHODS)}]",
+        *overrides,
     ]
     command = [sys.executable, "-m", "crdist", "run"] + [x for a in args for x in ("--set", a)]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
@@ -43,12 +44,13 @@ def test_a_short_study_through_ray_writes_every_report_file(finished_run):
     }
     assert expected <= {p.name for p in report.iterdir()}
     assert (run / "config.yaml").is_file() and (run / "logs" / "driver.log").is_file()
-    assert len(list((run / "eval").rglob("*.json"))) == (1 + 2 * 2) * 2  # (c_0 + 2 methods × 2 tasks) × 2 tasks
+    assert len(list((run / "eval").rglob("*.json"))) == (1 + 3 * 2) * 2  # (c_0 + 3 methods × 2 tasks) × 2 tasks
 
     metrics = json.loads((report / "metrics.json").read_text())
     for method in METHODS:
         summary = json.loads((run / "models" / method / "c_2.train.json").read_text())
-        assert (summary["engine"], summary["world"], summary["zero_stage"], summary["steps"]) == ("DEEPSPEED", 2, 3, 6)
+        steps = 0 if method == "frozen" else 6
+        assert (summary["engine"], summary["world"], summary["zero_stage"], summary["steps"]) == ("DEEPSPEED", 2, 3, steps)
         for protocol in PROTOCOLS:
             with open(report / f"matrix_{method}_{protocol}.csv") as f:
                 rows = list(csv.reader(f))
@@ -61,9 +63,25 @@ def test_a_short_study_through_ray_writes_every_report_file(finished_run):
                 assert row_json == pytest.approx(row_csv, abs=1e-4)
             assert metrics[method][protocol] == pytest.approx(summarize(data["accuracy"]))
         assert (report / f"matrix_{method}_knn.png").read_bytes()[:4] == b"\x89PNG"
-    # Row 0 is the one shared initial model: identical for both methods.
+    # Row 0 is the one shared initial model: identical for every method.
     first_rows = {m: json.loads((report / f"matrix_{m}_knn.json").read_text())["accuracy"][0] for m in METHODS}
-    assert first_rows["sgd"] == first_rows["lpft"]
+    assert first_rows["sgd"] == first_rows["lpft"] == first_rows["frozen"]
+    # Common random numbers: every evaluation of a task draws the same numbers whatever the row, so
+    # frozen (every c_i is c_0) scores c_0's row again in every row and forgets exactly nothing.
+    for protocol in PROTOCOLS:
+        frozen = json.loads((report / f"matrix_frozen_{protocol}.json").read_text())
+        assert all(row == frozen["accuracy"][0] for row in frozen["accuracy"]), protocol
+        assert metrics["frozen"][protocol]["average_forgetting"] == 0.0
+        assert metrics["frozen"][protocol]["lump_forgetting"] == 0.0
+        assert metrics["frozen"][protocol]["backward_transfer"] == 0.0
+    # Fine-tuning is averaged over evaluate.finetune.repeats=2 draws, each recorded with its spread.
+    finetune = json.loads((report / "matrix_sgd_finetune.json").read_text())
+    assert finetune["repeats"] == 2
+    for cells, stds, accuracies in zip(finetune["draws"], finetune["draw_std"], finetune["accuracy"], strict=True):
+        for draws, std, accuracy in zip(cells, stds, accuracies, strict=True):
+            assert len(draws) == 2 and sum(draws) / 2 == pytest.approx(accuracy)
+            assert std == pytest.approx(abs(draws[0] - draws[1]) / 2**0.5)
+    assert "repeats" not in json.loads((report / "matrix_sgd_knn.json").read_text())
 
     out = result.stdout
     assert "train  sgd task 1/2  step" in out and "train  lpft task 2/2 done" in out

@@ -3,6 +3,7 @@ same way every time."""
 
 import math
 
+import pytest
 import torch
 
 from crdist.data.samples import TextDecoder, collate
@@ -101,6 +102,56 @@ def test_adapting_on_the_whole_train_split_streams_it_in_batches(tmp_path, digit
     assert [len(y) for _, y in batches] == [100, 100, 52]
     assert torch.equal(torch.cat([x for x, _ in batches]), whole_inputs)
     assert torch.equal(torch.cat([y for _, y in batches]), whole_labels)
+
+
+def test_one_checkpoint_on_one_task_scores_the_same_whatever_row_method_or_order(tmp_path, digits_shards):
+    # Common random numbers: an evaluation's draws (fine-tuning's head and batches, the probe's
+    # folds) depend on the study seed and the task only. The same weights, evaluated as c_0, as
+    # sgd's c_3 and as frozen's c_5, in two orders, in one process (whose global RNG each job
+    # leaves elsewhere), score identically under every protocol; another task draws differently.
+    from crdist.evaluate.job import EvalJob, eval_seed, run_eval_job
+    from crdist.models.weights import save_weights
+
+    cfg = study(data={"shards": str(digits_shards)}, evaluate={"finetune": {"steps": 10, "repeats": 3}})
+    weights = tmp_path / "weights.safetensors"
+    save_weights(build_classifier(cfg.model, 1, 10, cfg.seed).state_dict(), weights)
+    labels = [("c_0", 0), ("sgd/c_3", 3), ("frozen/c_5", 5)]
+
+    def evaluate(label, row, task):
+        job = EvalJob.from_study(cfg, checkpoint=label, row=row, task=task, weights=str(weights),
+                                 shards=str(digits_shards), output=str(tmp_path / f"{row}-{task}.json"))
+        result = run_eval_job(job)
+        return result["accuracy"], result["details"]
+
+    forward = [evaluate(label, row, 2) for label, row in labels]
+    backward = [evaluate(label, row, 2) for label, row in reversed(labels)]
+    assert all(result == forward[0] for result in forward + backward)
+    draws = forward[0][1]["finetune"]["repeats"]
+    assert len(draws) == 3 and len(set(draws)) > 1  # three different draws, averaged
+    assert forward[0][0]["finetune"] == pytest.approx(sum(draws) / 3)
+    assert eval_seed(cfg.seed, 2) != eval_seed(cfg.seed, 3) and eval_seed(cfg.seed, 2) != eval_seed(cfg.seed + 1, 2)
+
+
+def test_finetune_repeats_keep_the_first_draw_of_a_single_one(digits_shards):
+    # repeats: 1 is draw 0 alone; more repeats add draws and leave draw 0 as it was.
+    from crdist.data.manifest import Manifest
+    from crdist.data.samples import make_decoder
+    from crdist.data.stream import read_split
+    from crdist.evaluate.protocols.finetune import finetune
+
+    manifest = Manifest.load(digits_shards)
+    accuracies = {}
+    for repeats in (1, 2):
+        cfg = study(evaluate={"finetune": {"steps": 5, "repeats": repeats}})
+        model = build_classifier(cfg.model, 1, 10, cfg.seed).eval()
+        inputs, labels = read_split(manifest, 1, "adapt", make_decoder(manifest, cfg.model))
+        labels = labels - labels.min()
+        context = EvalContext(model=model, adapt_inputs=inputs, adapt_labels=labels, test=in_batches(inputs, labels),
+                              num_classes=2, seed=11, config=cfg.evaluate)
+        finetune(context)
+        accuracies[repeats] = context.details["finetune"]
+    assert accuracies[1]["std"] is None and len(accuracies[1]["repeats"]) == 1
+    assert accuracies[2]["repeats"][0] == accuracies[1]["repeats"][0] and accuracies[2]["std"] is not None
 
 
 _EVAL_IN_A_FRESH_PROCESS = """

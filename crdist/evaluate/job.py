@@ -74,7 +74,7 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         adapt_labels=_task_local(adapt_labels, classes),
         test=_streamed(manifest, job, "test", decode, classes),
         num_classes=len(classes),
-        seed=_eval_seed(job.seed, job.row, job.task),
+        seed=eval_seed(job.seed, job.task),
         config=job.evaluate,
         bank=_streamed(manifest, job, "train", decode, classes) if job.evaluate.adapt == "train" else None,
         device=device,
@@ -124,10 +124,14 @@ def _streamed(manifest: Manifest, job: EvalJob, split: str, decode, classes: lis
     return batches
 
 
-def _eval_seed(seed: int, row: int, task: int) -> int:
-    # The same for every method at (row, task), so methods are compared on the same draws;
-    # 31 bits because scikit-learn wants a 32-bit seed.
-    return derive_seed(seed, "eval", row, task) % 2**31
+def eval_seed(seed: int, task: int) -> int:
+    """The seed of every random choice in evaluating task ``task`` (fine-tuning's head and batches,
+    the probe's folds): common random numbers. It depends on the study seed and the task alone, never
+    on the checkpoint's row, its method or when the evaluation runs, so identical weights score
+    identically in every row (``frozen`` forgets exactly 0) and two methods are compared on the same
+    draws: their difference carries the protocol's noise once, not twice. 31 bits because
+    scikit-learn wants a 32-bit seed."""
+    return derive_seed(seed, "eval", task) % 2**31
 
 
 def _task_local(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:

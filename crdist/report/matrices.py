@@ -37,3 +37,18 @@ def collect(run: RunDir, methods: list[str], protocols: list[str], tasks: int) -
     if missing:
         raise ReportError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
     return matrices
+
+
+def draws(run: RunDir, method: str, protocol: str, tasks: int) -> list[list[list[float]]] | None:
+    """Each cell's accuracies over its protocol's seeded draws (``evaluate.finetune.repeats``), as
+    its evaluation recorded them; None for a protocol that makes no such draws."""
+    cells = []
+    for i in range(tasks + 1):
+        row = []
+        for j in range(1, tasks + 1):
+            details = json.loads(run.evaluation(method, i, j).read_text()).get("details", {}).get(protocol, {})
+            if "repeats" not in details:
+                return None
+            row.append(details["repeats"])
+        cells.append(row)
+    return cells

@@ -11,7 +11,7 @@ from crdist.atomic import atomic_path, write_json, write_text
 from crdist.data.manifest import Manifest
 from crdist.evaluate.metrics import summarize
 from crdist.orchestrate.rundir import RunDir
-from crdist.report.matrices import collect
+from crdist.report.matrices import collect, draws
 from crdist.report.plots import heatmap
 
 METRICS = [
@@ -39,16 +39,15 @@ def write_report(run: RunDir, study, manifest: Manifest) -> ReportSummary:
     for (method, protocol), matrix in matrices.items():
         stem = f"matrix_{method}_{protocol}"
         write_text(out / f"{stem}.csv", _csv(matrix))
-        write_json(
-            out / f"{stem}.json",
-            {
-                "method": method,
-                "protocol": protocol,
-                "rows": [f"c_{i}" for i in range(tasks + 1)],
-                "columns": [f"task {j}" for j in range(1, tasks + 1)],
-                "accuracy": matrix,
-            },
-        )
+        document = {
+            "method": method,
+            "protocol": protocol,
+            "rows": [f"c_{i}" for i in range(tasks + 1)],
+            "columns": [f"task {j}" for j in range(1, tasks + 1)],
+            "accuracy": matrix,
+        }
+        document.update(_within_cell(draws(run, method, protocol, tasks)))
+        write_json(out / f"{stem}.json", document)
         with atomic_path(out / f"{stem}.png") as tmp:
             heatmap(matrix, f"{study.name}: {method}, {protocol}", tmp)
         metrics[method][protocol] = summarize(matrix)
@@ -56,6 +55,19 @@ def write_report(run: RunDir, study, manifest: Manifest) -> ReportSummary:
     table = comparison_table(metrics, methods, protocols)
     write_text(out / "report.md", _markdown(study, manifest, metrics, matrices, methods, protocols))
     return ReportSummary(out, metrics, table)
+
+
+def _within_cell(cells: list[list[list[float]]] | None) -> dict:
+    """A cell averaged over seeded draws: how many, each draw's accuracy, and their sample std (null
+    with one draw): the noise left in that cell after averaging is about std / sqrt(repeats)."""
+    if cells is None:
+        return {}
+    def std(values):
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {"repeats": len(cells[0][0]), "draws": cells, "draw_std": [[std(c) for c in row] for row in cells]}
 
 
 def _csv(matrix: list[list[float]]) -> str:

@@ -1,4 +1,10 @@
-"""finetune: fine-tune a copy of the checkpoint, with a new head, on the adaptation subset."""
+"""finetune: fine-tune a copy of the checkpoint, with a new head, on the adaptation subset.
+
+Its score is noisy (a random head, a few dozen random batches): ``repeats`` averages it over R
+seeded draws, and the evaluation records each draw's accuracy and their spread, so a user can buy
+that noise down and see what is left. Draw r's seed depends on the evaluation seed (study seed and
+task: crdist/evaluate/job.py ``eval_seed``) and r alone, so every row and method sees the same R draws.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from crdist.config import require
 from crdist.data.samples import take, to_device
 from crdist.evaluate.context import EvalContext
 from crdist.evaluate.protocols import PROTOCOLS
+from crdist.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -21,27 +28,44 @@ class FinetuneConfig:
     lr: float = 0.001
     batch_size: int = 32
     weight_decay: float = 0.0
+    # Seeded draws (head init, batches, dropout) averaged per cell; the matrix JSON records their spread.
+    repeats: int = 1
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", f"must be at least 1 (got {self.steps})")
+        require(self.repeats >= 1, "repeats", f"must be at least 1 (got {self.repeats})")
         require(self.lr > 0, "lr", f"must be positive (got {self.lr})")
         require(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
 
 
 @PROTOCOLS.register("finetune")
 def finetune(context: EvalContext) -> float:
-    logits, labels = finetuned_test_logits(context, with_labels=True)
-    return (logits.argmax(dim=1) == labels).float().mean().item()
+    """The mean test accuracy over ``finetune.repeats`` seeded draws."""
+    accuracies = []
+    for draw in range(context.config.finetune.repeats):
+        logits, labels = finetuned_test_logits(context, with_labels=True, seed=draw_seed(context.seed, draw))
+        accuracies.append((logits.argmax(dim=1) == labels).float().mean().item())
+    mean = sum(accuracies) / len(accuracies)
+    std = (sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) ** 0.5 if len(accuracies) > 1 else None
+    context.details["finetune"] = {"repeats": accuracies, "std": std}
+    return mean
 
 
-def finetuned_test_logits(context: EvalContext, with_labels: bool = False):
+def draw_seed(seed: int, draw: int) -> int:
+    """Draw 0 uses the evaluation seed itself (one draw is what ``repeats: 1`` always measured)."""
+    return seed if draw == 0 else derive_seed(seed, "finetune-draw", draw) % 2**31
+
+
+def finetuned_test_logits(context: EvalContext, with_labels: bool = False, seed: int | None = None):
     """The test split's logits after fine-tuning (on the CPU), streamed; a function of the
-    checkpoint, the data and the evaluation seed alone. With ``with_labels``: (logits, labels)."""
+    checkpoint, the data and the seed (default: the evaluation seed) alone. With ``with_labels``:
+    (logits, labels)."""
     cfg = context.config.finetune
+    seed = context.seed if seed is None else seed
     # Dropout (text backbones) draws from the global RNG: seed it too, or two evaluations of one
     # checkpoint differ.
-    torch.manual_seed(context.seed)
-    generator = torch.Generator().manual_seed(context.seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     backbone = copy.deepcopy(context.model.backbone)
     head = nn.Linear(context.model.feature_dim, context.num_classes)
     with torch.no_grad():  # seeded head init, independent of the global RNG
