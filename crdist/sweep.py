@@ -10,6 +10,7 @@ A sweep file (YAML)::
       seed: [0, 1, 2]
       model.backbone: [small-cnn, resnet18-cifar]
     concurrent: 1
+    compare_to: sgd                                      # the paired comparisons' reference (optional)
 
 Each axis is a config key, as ``--set`` takes it; a single value for a list key (``train.methods:
 [sgd, lpft]``) means a one-element list, so that axis runs one method per point. Every point is
@@ -63,6 +64,7 @@ class SweepConfig:
     set: list[str] = field(default_factory=list)  # --set overrides applied to every point
     concurrent: int = 1  # runs at once on the sweep's cluster
     runs_dir: str = "runs"  # the sweep's parent directory is runs_dir/name
+    compare_to: str | None = None  # the reference of the paired comparisons; None: the study's first method
 
     def validate(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", f"must be a plain name (got {self.name!r})")
@@ -79,6 +81,7 @@ class Point:
     name: str  # its run's name, from its axis values
     values: dict  # axis → value
     overrides: list[str]  # the --set items that make it
+    methods: list[str] = field(default_factory=list)  # its train.methods
 
     def directory(self, parent: Path) -> Path:
         return parent / self.name
@@ -95,11 +98,21 @@ def load_sweep(path: Path) -> tuple[SweepConfig, Path, list[Point]]:
         values = dict(zip(sweep.axes, combo))
         overrides = [*sweep.set, *(f"{k}={json.dumps(_as_field(k, v))}" for k, v in values.items())]
         try:
-            load_study(base, overrides)  # a bad key or value is named before anything runs
+            study = load_study(base, overrides)  # a bad key or value is named before anything runs
         except ConfigError as err:
             raise ConfigError(f"{path}: point {_name(values) or '(the base)'}: {err}") from None
-        points.append(Point(_name(values) or sweep.name, values, overrides))
+        points.append(Point(_name(values) or sweep.name, values, overrides, list(study.train.methods)))
+    methods = list(dict.fromkeys(m for p in points for m in p.methods))
+    if sweep.compare_to is not None and sweep.compare_to not in methods:
+        raise ConfigError(f"{path}: compare_to: must be one of the sweep's methods, {', '.join(methods)} "
+                          f"(got {sweep.compare_to!r})")
     return sweep, base, points
+
+
+def reference_method(sweep: SweepConfig, points: list[Point]) -> str:
+    """The method the others are compared to: ``compare_to``, else the study's first method (the
+    first of the base config's train.methods, or of a train.methods axis's first value)."""
+    return sweep.compare_to or points[0].methods[0]
 
 
 def run_sweep(path: Path, address: str | None = None, say=print) -> int:
@@ -137,7 +150,7 @@ def report_sweep(parent: Path, say=print) -> int:
         for r in agg.failed:
             say(f"failed {r.name}: {r.error}")
         return 1
-    text = write_aggregate(agg, parent / "report", sweep.name, results)
+    text = write_aggregate(agg, parent / "report", sweep.name, results, reference_method(sweep, points))
     say(f"report written to {parent / 'report'}\n\n{text}")
     for r in agg.failed:
         say(f"\nfailed {r.name} (not in the means): {r.error}")

@@ -154,7 +154,7 @@ def test_a_sweep_of_two_seeds_and_two_methods_is_killed_resumes_and_reports(tmp_
     rows = {(r["method"], r["protocol"]): r for r in metrics["rows"]}
     assert set(rows) == {("sgd", "knn"), ("lpft", "knn")}
     assert all(rows[k]["average_accuracy"]["n"] == 2 for k in rows) and metrics["failed"] == []
-    assert {p.name for p in (parent / "report").glob("*.png")} == {"final_accuracy_knn.png", "forgetting_knn.png"}
+    assert {p.name for p in (parent / "report").glob("*.png")} == {"final_accuracy_knn.png", "forgetting_knn.png", "paired_knn.png"}
 
     # `crdist report` over the sweep directory rebuilds the same table.
     report = subprocess.run([sys.executable, "-m", "crdist", "report", str(parent)], cwd=ROOT, capture_output=True,

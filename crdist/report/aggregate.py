@@ -127,9 +127,12 @@ def table(agg: Aggregate) -> str:
     return "\n".join(out)
 
 
-def write_aggregate(agg: Aggregate, out: Path, title: str, results: list[RunResult] = ()) -> str:
-    """metrics.json, report.md and the two plots per protocol under ``out`` (and, for a sweep over
-    backbones, the scaling table and its plots); returns the tables."""
+def write_aggregate(agg: Aggregate, out: Path, title: str, results: list[RunResult] = (),
+                    reference: str | None = None) -> str:
+    """metrics.json, report.md and the two plots per protocol under ``out`` (for a sweep over
+    backbones, the scaling table and its plots; with two methods or more, the paired differences
+    against ``reference``, by default the first method); returns the tables."""
+    from crdist.report.paired import paired_differences, paired_json, paired_markdown, paired_table, write_paired_plots
     from crdist.report.scaling import BACKBONE_AXIS, scaling_json, scaling_rows, scaling_table, write_scaling_plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +159,14 @@ def write_aggregate(agg: Aggregate, out: Path, title: str, results: list[RunResu
         with atomic_path(out / f"forgetting_{protocol}.png") as tmp:
             _plot_forgetting(agg, protocol, tmp, title)
     markdown = _markdown(agg, title, text)
+    methods = list(dict.fromkeys(r["method"] for r in agg.rows))
+    if results and len(methods) > 1:
+        paired = paired_differences(list(results), agg.group_axes, agg.protocols, reference or methods[0])
+        write_json(out / "paired.json", paired_json(paired))
+        write_paired_plots(paired, out, title)
+        markdown += "\n".join(paired_markdown(paired))
+        text += (f"\n\npaired differences against {paired.reference} (mean, 95 % CI, n pairs of seeds)\n"
+                 + paired_table(paired))
     if scaling:
         markdown += "\n".join(["", "## Scaling", "",
                                "Costs from the train jobs' summaries: per run the mean over its tasks (peak: the "
