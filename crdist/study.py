@@ -20,6 +20,7 @@ from crdist.evaluate.config import EvalConfig
 from crdist.methods import METHODS
 from crdist.models.config import ModelConfig
 from crdist.orchestrate.config import ClusterConfig
+from crdist.orchestrate.pretrain import PretrainConfig
 from crdist.train.checkpoint import CheckpointConfig
 from crdist.track.config import TrackingConfig
 from crdist.train.config import TrainConfig
@@ -64,6 +65,7 @@ StudyConfig = dataclasses.make_dataclass(
         ("runs_dir", str, field(default="runs")),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("model", ModelConfig, field(default_factory=ModelConfig)),
+        ("pretrain", PretrainConfig, field(default_factory=PretrainConfig)),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
         ("evaluate", EvalConfig, field(default_factory=EvalConfig)),

@@ -25,6 +25,7 @@ from crdist.errors import CrdistError
 from crdist.models.classifier import build_classifier
 from crdist.models.pretrained import load_pretrained
 from crdist.models.weights import load_into, save_weights
+from crdist.orchestrate import pretrain
 from crdist.orchestrate.cluster import ray_cluster
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
@@ -107,7 +108,10 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
     console.print(f"data   {_describe_stream(manifest)}")
     steps = _steps_per_task(study, manifest)
     _feed_trackers(tracking, steps, run, console)
-    _write_initial_model(study, manifest, run, console)
+    # c_0, once written, is the run's source of truth: a resumed run needs no pretrain stage.
+    pretraining = pretrain.plan(study, manifest, console.print) if not run.weights(None, 0).is_file() else None
+    if pretraining is None:
+        _write_initial_model(study, manifest, run, console)
     console.print(
         f"plan   {len(train.methods)} method(s) [{', '.join(train.methods)}] × {len(manifest.tasks)} tasks = "
         f"{len(train.methods) * len(manifest.tasks)} train tasks of {_describe_steps(steps)} "
@@ -123,6 +127,9 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
         scheduler = Scheduler(study, run, manifest, console, journal)
         signals.scheduler = scheduler
         try:
+            if pretraining is not None:
+                pretrain.train(pretraining, scheduler, console, journal)
+                _write_initial_model(study, manifest, run, console, pretraining)
             scheduler.run()
         finally:
             signals.scheduler = None
@@ -242,14 +249,20 @@ class _StopOnSignals:
         self.scheduler.stop_signal = name  # acted on by the scheduler's loop
 
 
-def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console) -> None:
+def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console,
+                         pretraining: pretrain.Pretraining | None = None) -> None:
     path = run.weights(None, 0)
     model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed,
                              image_size=manifest.image_size)
     source = f"random (seed {study.seed})"
     if study.model.pretrained:
         source = f"backbone from {study.model.pretrained}, head random (seed {study.seed})"
-    if study.model.init:
+    if pretraining is not None:
+        # The source's head is for the source's classes: c_0 takes the backbone alone.
+        load_into(model, pretraining.weights, backbone_only=True)
+        source = (f"pretrained {pretraining.describe()} from {study.model.init or 'random'} "
+                  f"({pretraining.directory.name}), head random (seed {study.seed})")
+    elif study.model.init:
         source = study.model.init
         if not path.is_file():  # once written, c_0 is the source of truth, even if init moves
             if Path(study.model.init).suffix == ".safetensors":

@@ -155,6 +155,7 @@ _EXECUTION_ONLY = (
     ("train", "decoded_cache_mb"),  # cached or decoded again, the same pixels
     ("evaluate", "concurrent"),
     ("tracking",),  # where progress is reported, not what is computed
+    ("pretrain", "dir"),  # where the pretrained start is kept; its fingerprint says what it is
 )
 
 
@@ -165,6 +166,8 @@ def _results_part(study: dict) -> str:
     for name in method_sections():  # the options of a method the study does not run change nothing
         if name not in study.get("train", {}).get("methods", []):
             trimmed.pop(name, None)
+    if not trimmed.get("pretrain", {}).get("steps"):  # no pretrain stage: its other settings change nothing
+        trimmed.pop("pretrain", None)
     # (two levels deep is enough for every key listed above)
     for path in _EXECUTION_ONLY:
         node = trimmed
