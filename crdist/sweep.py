@@ -23,6 +23,7 @@ failed is reported as failed, with its error, and retried on the next invocation
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -87,9 +88,11 @@ class Point:
         return parent / self.name
 
 
-def load_sweep(path: Path) -> tuple[SweepConfig, Path, list[Point]]:
-    """The sweep, its base config's path, and its points, each checked as a study config."""
+def load_sweep(path: Path, overrides: typing.Sequence[str] = ()) -> tuple[SweepConfig, Path, list[Point]]:
+    """The sweep, its base config's path, and its points, each checked as a study config.
+    ``overrides`` (``crdist sweep --set``) are added to the sweep's ``set:``, after it."""
     sweep = config.load(SweepConfig, path)
+    sweep = dataclasses.replace(sweep, set=[*sweep.set, *overrides])
     base = (path.parent / sweep.base) if not Path(sweep.base).is_absolute() else Path(sweep.base)
     if not base.is_file():
         raise ConfigError(f"{path}: base: {sweep.base}: no such config file (looked at {base})")
@@ -115,14 +118,17 @@ def reference_method(sweep: SweepConfig, points: list[Point]) -> str:
     return sweep.compare_to or points[0].methods[0]
 
 
-def run_sweep(path: Path, address: str | None = None, say=print) -> int:
-    """Run every point not finished yet; returns 0 when all finished, 1 when some failed."""
-    sweep, base, points = load_sweep(path)
+def run_sweep(path: Path, address: str | None = None, say=print, overrides: typing.Sequence[str] = ()) -> int:
+    """Run every point not finished yet; returns 0 when all finished, 1 when some failed.
+    ``overrides`` apply to every point, like the sweep file's ``set:`` (machine-specific paths)."""
+    sweep, base, points = load_sweep(path, overrides)
     parent = Path(sweep.runs_dir) / sweep.name
     parent.mkdir(parents=True, exist_ok=True)
-    # The copy names its base by absolute path: a relative one meant "beside the original".
+    # The copy names its base by absolute path: a relative one meant "beside the original". It
+    # holds the command line's --set too, so that a report or rerun sees the points as they ran.
     saved = yaml.safe_load(path.read_text())
     saved["base"] = str(base.resolve())
+    saved["set"] = list(sweep.set)
     write_text(parent / SWEEP_FILE, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
     status = _read_status(parent)
     say(f"sweep  {sweep.name}: {len(points)} run(s) of {base} over {', '.join(sweep.axes) or 'no axis'}; "

@@ -74,6 +74,9 @@ def test_a_short_study_through_ray_writes_every_report_file(finished_run):
         assert metrics["frozen"][protocol]["average_forgetting"] == 0.0
         assert metrics["frozen"][protocol]["lump_forgetting"] == 0.0
         assert metrics["frozen"][protocol]["backward_transfer"] == 0.0
+    # ...so its evaluations are c_0's, taken rather than computed again.
+    assert {json.loads(p.read_text()).get("same_weights_as") for p in (run / "eval" / "frozen").glob("*.json")} == {"c_0"}
+    assert all(json.loads(p.read_text()).get("same_weights_as") is None for p in (run / "eval" / "sgd").glob("*.json"))
     # Fine-tuning is averaged over evaluate.finetune.repeats=2 draws, each recorded with its spread.
     finetune = json.loads((report / "matrix_sgd_finetune.json").read_text())
     assert finetune["repeats"] == 2

@@ -79,6 +79,12 @@ class Scheduler:
         self.evals_done = 0
         self.evals_total = eval_count(study, manifest)
         self.accuracy = defaultdict(dict)  # checkpoint label → {task: {protocol: accuracy}}
+        # Evaluations are a function of the weights and the task alone (common random numbers), so
+        # a checkpoint whose weights equal an earlier one's (every c_i of `frozen` is c_0) takes
+        # that one's results instead of computing them again.
+        self.weights_digests: dict[tuple, str] = {}  # (method, row) → digest of its tensors
+        self.first_with_digest: dict[str, tuple] = {}  # digest → the first (method, row) seen with it
+        self.same_weights_waiting = defaultdict(list)  # (method, row, task) evaluated first → jobs waiting for it
         # The driver's own actors live on its node: losing a worker node must not take them along.
         self.driver_node = ray.get_runtime_context().get_node_id()
         on_driver_node = NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
@@ -214,6 +220,11 @@ class Scheduler:
             return
         if self.stop_deadline is not None:
             return
+        first = self.first_with_same_weights(method, row)
+        if first != (method, row):
+            self.same_weights_waiting[(*first, task)].append(job)
+            self.take_same_weights_results(*first, task)
+            return
         eval_job = EvalJob.from_study(
             self.study,
             checkpoint=checkpoint,
@@ -225,6 +236,33 @@ class Scheduler:
         )
         self.waiting_evals.append((job, eval_job))
         self.start_waiting_evals()
+
+    def first_with_same_weights(self, method: str | None, row: int) -> tuple:
+        """The first checkpoint seen whose tensors equal (method, row)'s: itself, or one before it."""
+        key = (method, row)
+        if key not in self.weights_digests:
+            digest = tensors_digest(self.run_dir.weights(method, row))
+            self.weights_digests[key] = digest
+            self.first_with_digest.setdefault(digest, key)
+        return self.first_with_digest[self.weights_digests[key]]
+
+    def take_same_weights_results(self, method: str | None, row: int, task: int) -> None:
+        """(method, row) has been evaluated on ``task`` (or is about to be): the checkpoints with the
+        same weights that wait for it take its result, under their own names."""
+        source = self.run_dir.evaluation(method, row, task)
+        if not source.is_file():
+            return  # its own evaluation is still to finish: they take it then
+        from crdist.atomic import write_json
+
+        result = json.loads(source.read_text())
+        for job in self.same_weights_waiting.pop((method, row, task), []):
+            copy = {**result, "checkpoint": RunDir.checkpoint_label(job.method, job.row), "row": job.row,
+                    "same_weights_as": result["checkpoint"], "seconds": 0.0}
+            write_json(self.run_dir.evaluation(job.method, job.row, task), copy)
+            self.journal.record("finished", job.key, same_weights_as=result["checkpoint"])
+            self.console.print(f"eval   {job.label}: same weights as {result['checkpoint']}, its result taken "
+                               f"[{self.evals_done + 1}/{self.evals_total}]")
+            self.evaluated(job, copy)
 
     def start_waiting_evals(self) -> None:
         from crdist.orchestrate.remote import run_eval_job
@@ -322,6 +360,7 @@ class Scheduler:
                 f"eval   {job.label}: {scores}  ({result['seconds']:.1f} s) [{self.evals_done + 1}/{self.evals_total}]"
             )
             self.evaluated(job, result)
+            self.take_same_weights_results(job.method, job.row, job.task)
             self.start_waiting_evals()
         else:
             self.follow_train_job(job)
@@ -386,6 +425,23 @@ class Scheduler:
                 return
             self.console.record(event)
             self.console.print(_describe_event(event))
+
+
+def tensors_digest(path) -> str:
+    """sha256 of a safetensors file's tensors (their header entries and bytes) without its metadata:
+    two files of the same weights differ there (which checkpoint each is)."""
+    import hashlib
+    import struct
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _describe_event(event: dict) -> str:
