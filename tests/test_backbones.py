@@ -29,7 +29,7 @@ GRAYSCALE = {"resnet18", "resnet18-cifar", "densenet121", "vit-tiny", "small-cnn
                          + [(n, 1) for n in sorted(GRAYSCALE)])
 def test_backbone_trains_a_step(name, channels):
     # ImageNet's stems downsample 32×: they need 32 px; the rest is cheaper at 16
-    size = 32 if name.startswith("densenet") or (name.startswith("resnet") and not name.endswith("-cifar")) else 16
+    size = 32 if name.startswith(("densenet", "mobilenet")) or (name.startswith("resnet") and not name.endswith("-cifar")) else 16
     model = build_classifier(ModelConfig(backbone=name), channels, num_classes=5, seed=0, image_size=size)
     images = torch.randn(4, channels, size, size)
     loss = torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 4, 1, 2]))

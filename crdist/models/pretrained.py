@@ -96,3 +96,16 @@ def load_pretrained(backbone: nn.Module, backbone_name: str, path: str | Path) -
                            f"crdist/models/backbones/): {' | '.join(parts)}{hint}")
     backbone.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return notes
+
+
+def load_init(model: nn.Module, model_cfg) -> list[str]:
+    """Start ``model`` (a Classifier) from ``model.init``: crdist's own keys (a .safetensors file,
+    backbone only) or a torchvision checkpoint; returns what the mapping adapted. The head stays
+    as built: it is for the stream's classes."""
+    from crdist.models.weights import load_into
+
+    path = model_cfg.init_file()
+    if path.suffix == ".safetensors":
+        load_into(model, path, backbone_only=True)
+        return []
+    return load_pretrained(model.backbone, model_cfg.backbone, path)

@@ -23,7 +23,7 @@ from crdist.data.prepare import prepare
 from crdist.data.stream import RankStream, StreamSpec
 from crdist.errors import CrdistError
 from crdist.models.classifier import build_classifier
-from crdist.models.pretrained import load_pretrained
+from crdist.models.pretrained import load_init
 from crdist.models.weights import load_into, save_weights
 from crdist.orchestrate import pretrain
 from crdist.orchestrate.cluster import ray_cluster
@@ -265,10 +265,8 @@ def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Consol
     elif study.model.init:
         source = study.model.init
         if not path.is_file():  # once written, c_0 is the source of truth, even if init moves
-            if Path(study.model.init).suffix == ".safetensors":
-                load_into(model, study.model.init, backbone_only=True)
-            else:
-                notes = load_pretrained(model.backbone, study.model.backbone, study.model.init)
+            notes = load_init(model, study.model)
+            if study.model.init_file().suffix != ".safetensors":
                 source = f"{source} (torchvision keys{'; ' + '; '.join(notes) if notes else ''}), head random"
     params = sum(p.numel() for p in model.parameters())
     console.print(

@@ -154,8 +154,8 @@ def train(stage: Pretraining, scheduler, console, journal) -> None:
 def _train_job(stage: Pretraining):
     """The source job, starting from the study's model as c_0 would be without the stage."""
     from crdist.models.classifier import build_classifier
-    from crdist.models.pretrained import load_pretrained
-    from crdist.models.weights import load_into, save_weights
+    from crdist.models.pretrained import load_init
+    from crdist.models.weights import save_weights
     from crdist.train.worker import TrainJob
 
     study, manifest, directory = stage.study, stage.manifest, stage.directory
@@ -164,10 +164,7 @@ def _train_job(stage: Pretraining):
         model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed,
                                  image_size=manifest.image_size)
         if study.model.init:
-            if Path(study.model.init).suffix == ".safetensors":
-                load_into(model, study.model.init, backbone_only=True)
-            else:
-                load_pretrained(model.backbone, study.model.backbone, study.model.init)
+            load_init(model, study.model)
         save_weights(model.state_dict(), start, metadata={"checkpoint": "pretrain start"})
     last = len(manifest.tasks)
     return TrainJob.from_study(
@@ -286,11 +283,12 @@ def _fingerprint_inputs(source, manifest) -> dict:
     if train["global_batch"] is not None:  # accumulated to the same global batch on any worker count
         train.pop("workers")
     model = config.to_dict(source.model)
-    init = model.pop("init")
+    model.pop("init")
+    init = source.model.init_file()
     return {
         "format": 1,
         "model": model,
-        "init_sha256": _sha256(Path(init)) if init else None,  # the file's bytes, not its path
+        "init_sha256": _sha256(init) if init else None,  # the file's bytes, not its path or name
         "source": {"benchmark": manifest.benchmark, "params": manifest.params,
                    "shards": [s.sha256 for t in manifest.tasks for split in t.splits.values() for s in split.shards]},
         "augment": source.data.augment,

@@ -46,4 +46,4 @@ def without_prefix(prefix: str) -> KeyMapping:
     return lambda state, module: {k: v for k, v in state.items() if not k.startswith(prefix)}
 
 
-from crdist.models.backbones import densenet, hf_encoder, resnet, small_cnn, vit  # noqa: E402,F401
+from crdist.models.backbones import densenet, hf_encoder, mobilenet, resnet, small_cnn, vit  # noqa: E402,F401
