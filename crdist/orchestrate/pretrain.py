@@ -44,6 +44,7 @@ from pathlib import Path
 from crdist import config
 from crdist.config import require
 from crdist.data.config import DataConfig
+from crdist.data.shards import sha256_of
 from crdist.errors import CrdistError
 
 SOURCE_METHOD = "joint"  # every task of the source stream at once
@@ -288,7 +289,7 @@ def _fingerprint_inputs(source, manifest) -> dict:
     return {
         "format": 1,
         "model": model,
-        "init_sha256": _sha256(init) if init else None,  # the file's bytes, not its path or name
+        "init_sha256": sha256_of(init) if init else None,  # the file's bytes, not its path or name
         "source": {"benchmark": manifest.benchmark, "params": manifest.params,
                    "shards": [s.sha256 for t in manifest.tasks for split in t.splits.values() for s in split.shards]},
         "augment": source.data.augment,
@@ -303,14 +304,6 @@ def _write_fingerprint(stage: Pretraining) -> None:
     path = stage.directory / FINGERPRINT_FILE
     if not path.is_file():
         write_json(path, {"fingerprint": stage.fingerprint, **_fingerprint_inputs(stage.study, stage.manifest)})
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _inputs(manifest) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crdist.atomic import atomic_path, write_json, write_text
+from crdist.report.text import text_table
 from crdist.report.write import METRICS
 
 SEED_AXIS = "seed"
@@ -116,15 +117,8 @@ def table(agg: Aggregate) -> str:
     header = ["protocol", "method", *agg.group_axes] + [label for _, label in METRICS]
     rows = [[r["protocol"], r["method"], *[str(v) for v in r["group"].values()]]
             + [r[m].text() for m, _ in METRICS] for r in agg.rows]
-    widths = [max(len(x[c]) for x in [header] + rows) for c in range(len(header))]
-    fixed = 2 + len(agg.group_axes)
-    line = lambda r: "  ".join(v.ljust(w) if c < fixed else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
-    out = [line(header), "  ".join("-" * w for w in widths)]
-    for k, row in enumerate(rows):
-        if k and row[0] != rows[k - 1][0]:
-            out.append("")
-        out.append(line(row))
-    return "\n".join(out)
+    fixed = 2 + len(agg.group_axes)  # protocol, method and the axes: left; the metrics: right
+    return text_table(header, rows, right=set(range(fixed, len(header))))
 
 
 def write_aggregate(agg: Aggregate, out: Path, title: str, results: list[RunResult] = (),

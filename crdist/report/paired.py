@@ -26,6 +26,7 @@ from scipy.stats import t
 
 from crdist.atomic import atomic_path
 from crdist.report.aggregate import METHODS_AXIS, SEED_AXIS, RunResult, value_label
+from crdist.report.text import text_table
 from crdist.report.write import METRICS
 
 CONFIDENCE = 0.95
@@ -206,16 +207,8 @@ def paired_table(paired: Paired) -> str:
     """The short text version: average accuracy and forgetting, every protocol."""
     header = ["protocol", "method", *paired.group_axes, "metric", "mean diff", "95 % CI", "n", "verdict"]
     rows = [[p, *_cells(c)] for p in paired.protocols for c in paired.of(p)]
-    widths = [max(len(x[k]) for x in [header] + rows) for k in range(len(header))]
     numbers = {header.index("mean diff"), header.index("95 % CI"), header.index("n")}
-    line = lambda r: "  ".join(v.rjust(w) if k in numbers else v.ljust(w)
-                               for k, (v, w) in enumerate(zip(r, widths))).rstrip()
-    out = [line(header), "  ".join("-" * w for w in widths)]
-    for k, row in enumerate(rows):
-        if k and row[0] != rows[k - 1][0]:
-            out.append("")
-        out.append(line(row))
-    return "\n".join(out)
+    return text_table(header, rows, right=numbers)
 
 
 def paired_markdown(paired: Paired) -> list[str]:
