@@ -48,7 +48,7 @@ def _validate(self) -> None:
         from crdist.models.backbones import BACKBONES
 
         require(BACKBONES.get(self.model.backbone).blocks is not None, "train.activation_checkpointing",
-                f"backbone {self.model.backbone} has no blocks to checkpoint; the ResNets, DenseNet-121 and "
+                f"backbone {self.model.backbone} has no blocks to checkpoint; the ResNets, DenseNet-121, MobileNetV2 and "
                 "the ViTs have")
 
 
