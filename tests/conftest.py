@@ -1,18 +1,28 @@
+"""Session fixtures and the test tiers.
+
+A test's tier is its folder: ``tests/unit`` (in one process, or a few plain subprocesses: no Ray
+cluster, no multi-process DeepSpeed) and ``tests/integration`` (real Ray clusters, whole studies,
+DeepSpeed across processes). Each test gets its folder's marker, so ``-m unit`` and
+``-m integration`` select a tier wherever pytest is pointed; ``smoke`` marks the one end-to-end
+study that ``tests/run`` adds to the unit tier."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from crdist.config import from_dict
-from crdist.study import StudyConfig
+from tests.helpers import study
 
-ROOT = Path(__file__).resolve().parent.parent
+TIERS = ("unit", "integration")
 
 
-def study(**sections) -> StudyConfig:
-    """A StudyConfig from dict sections, checked exactly like a YAML file."""
-    return from_dict(StudyConfig, sections, source="test")
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in tests/unit or tests/integration")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

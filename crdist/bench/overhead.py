@@ -216,9 +216,12 @@ def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]
             submitted = min(submitted, entered)
         trains.append(TrainSpan(label, method, submitted, entered, _last_attempt(run_dir, label, False),
                                 summary["seconds"], finished[job], fresh[job]))
+    # An evaluation taken from an earlier checkpoint with the same weights (every c_i of `frozen`)
+    # ran no job: it has no span.
+    reused = {e["job"] for e in journal if e["event"] == "finished" and e.get("same_weights_as")}
     evals = []
     for job, end in finished.items():
-        if not job.startswith("eval/"):
+        if not job.startswith("eval/") or job in reused:
             continue
         parts = job.split("/")[1:]  # [c_0, task] or [method, c_i, task]
         folder = "c_0" if len(parts) == 2 else parts[0]

@@ -155,7 +155,7 @@ class Scheduler:
             output = self.run_dir.weights(method, task)
             self.console.print(f"train  {method} task {task}/{self.tasks}: already done, reusing "
                                f"{output.relative_to(self.run_dir.root)}")
-            self._journal_finished_if_new(self._train_job(method, task))
+            self._journal_finished_if_new(self._train_job(method, task), **self._train_summary(method, task))
             self.trained(method, task)
             task += 1
         if task > self.tasks or self.stop_deadline is not None:
@@ -300,10 +300,17 @@ class Scheduler:
         # evaluations left may take every CPU.
         return max(1, math.floor(spare / self.study.evaluate.cpus))
 
-    def _journal_finished_if_new(self, job: _Job) -> None:
-        # Output written but never journalled: the driver died between the two.
+    def _journal_finished_if_new(self, job: _Job, **fields) -> None:
+        # Output written but never journalled: the driver died between the two (a train job's kept
+        # workers can finish a task in the half second before the driver's next look).
         if job.key not in self.finished_before:
-            self.journal.record("finished", job.key, recovered=True)
+            self.journal.record("finished", job.key, recovered=True, **fields)
+
+    def _train_summary(self, method: str, task: int) -> dict:
+        """What the journal keeps of a trained task, read from the summary its workers wrote beside
+        c_i: whichever driver finds c_i journals the same."""
+        result = json.loads(self.run_dir.weights(method, task).with_suffix(".train.json").read_text())
+        return {"steps": result["steps"], "resumed_from": result["resumed_from"]}
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -321,7 +328,7 @@ class Scheduler:
         on to the task its workers are training next."""
         method, task = job.method, job.task
         result = json.loads(self.run_dir.weights(method, task).with_suffix(".train.json").read_text())
-        self.journal.record("finished", job.key, steps=result["steps"], resumed_from=result["resumed_from"])
+        self.journal.record("finished", job.key, **self._train_summary(method, task))
         self.console.print(
             f"train  {job.label} done: {result['steps']} steps"
             + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")

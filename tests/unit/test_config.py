@@ -7,7 +7,7 @@ import pytest
 
 from crdist.config import ConfigError
 from crdist.study import load_study
-from tests.conftest import ROOT, study
+from tests.helpers import ROOT, study
 
 
 def write(tmp_path, text):

@@ -1,6 +1,6 @@
 """The launchers run for real: `launchers/ray/submit.sh` submits a study with `ray job submit` to a
 two-node Ray cluster on loopback, and `launchers/slurm/crdist.sbatch` runs under stand-ins for
-`srun` and `scontrol` (tests/slurm/). Each is interrupted mid-task and launched again with the same
+`srun` and `scontrol` (tests/helpers/slurm/). Each is interrupted mid-task and launched again with the same
 command, and the run resumes from its checkpoint."""
 
 import json
@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 
 from crdist.bench.faults import checkpoint_on_disk, events, wait_for
-from tests.conftest import ROOT
-from tests.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
+from tests.helpers import ROOT
+from tests.helpers.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
 
 # Two tasks of sgd, long enough (120 steps each) to be interrupted mid-task; one worker per node.
 STUDY = ["data.tasks=2", "train.methods=[sgd]", "train.epochs=20", "train.max_steps=120", "train.log_every=2",
@@ -124,7 +124,7 @@ def test_the_slurm_script_checkpoints_on_term_requeues_itself_and_the_requeued_j
     requeues = tmp_path / "scontrol.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({
-        "PATH": os.pathsep.join([str(ROOT / "tests" / "slurm"), VENV_BIN, os.environ["PATH"]]),
+        "PATH": os.pathsep.join([str(ROOT / "tests" / "helpers" / "slurm"), VENV_BIN, os.environ["PATH"]]),
         "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-a,node-b", "SLURM_CPUS_PER_TASK": "2",
         "SLURM_GPUS_ON_NODE": "0", "TMPDIR": job_tmp, "SLURM_STANDIN_LOG": str(requeues),
     })

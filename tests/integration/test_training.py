@@ -11,7 +11,7 @@ from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
 from crdist.train.worker import TrainJob, train_task, train_tasks
-from tests.conftest import study
+from tests.helpers import study
 
 
 def _rank_main(rank: int, job: TrainJob, port: int, events_path: str) -> None:

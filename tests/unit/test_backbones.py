@@ -151,7 +151,7 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
 
 
 def test_activation_checkpointing_needs_a_backbone_with_blocks():
-    from tests.conftest import study
+    from tests.helpers import study
 
     with pytest.raises(ConfigError, match="small-cnn has no blocks to checkpoint"):
         study(train={"activation_checkpointing": True})

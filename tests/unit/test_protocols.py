@@ -13,8 +13,7 @@ from crdist.evaluate.protocols.finetune import finetuned_test_logits
 from crdist.evaluate.protocols.knn import knn_predict
 from crdist.models.classifier import build_classifier
 from crdist.models.config import ModelConfig
-from tests import fixtures
-from tests.conftest import ROOT, study
+from tests.helpers import ROOT, fixtures, study
 
 
 def unit(degrees: float) -> list[float]:
@@ -65,7 +64,7 @@ def test_finetuning_a_text_checkpoint_is_the_same_whatever_the_global_rng_holds(
 
 
 def _config() -> EvalConfig:
-    from tests.conftest import study
+    from tests.helpers import study
 
     return study(evaluate={"finetune": {"steps": 5, "batch_size": 4}}).evaluate
 

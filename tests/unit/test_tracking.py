@@ -17,7 +17,7 @@ from crdist.track.config import TrackingConfig
 from crdist.track.fanout import Tracking, TrackingError
 from crdist.track.history import read_events
 from crdist.track.scalars import Plan, scalars_of
-from tests.conftest import study
+from tests.helpers import study
 
 # Two methods, two tasks; sgd's tasks are 20 steps, lpft's 20 and 15 (planned by the driver).
 PLAN = Plan({("sgd", 1): 20, ("sgd", 2): 20, ("lpft", 1): 20, ("lpft", 2): 15})

@@ -43,7 +43,7 @@ def roundtrip(state: dict) -> dict:
 
 def test_every_method_with_options_owns_a_config_section():
     from crdist.study import StudyConfig
-    from tests.conftest import study
+    from tests.helpers import study
 
     cfg = study(der={"alpha": 0.3}, ewc={"lam": 5.0}, train={"methods": ["der", "ewc"]})
     assert cfg.der.alpha == 0.3 and cfg.ewc.lam == 5.0 and cfg.lpft.probe_fraction == 0.3
@@ -233,7 +233,7 @@ def test_lump_trains_on_convex_mixes_of_current_and_replayed_inputs():
 
 def test_methods_that_need_whole_gradients_or_weights_refuse_zero3_before_training(tmp_path):
     from crdist.config import ConfigError
-    from tests.conftest import study
+    from tests.helpers import study
 
     for name in ("agem", "si", "ewc"):
         with pytest.raises(ConfigError, match=rf"train.zero_stage: method {name} cannot run at ZeRO-3: "):

@@ -8,15 +8,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from crdist.config import ConfigError
-from crdist.data.config import DataConfig
 from crdist.data.manifest import Manifest
 from crdist.data.prepare import PrepareError, prepare
 from crdist.data.samples import ImageDecoder, decode_pixels
 from crdist.data.sources.base import SourceError
 from crdist.data.stream import read_split
-from tests import fixtures
-from tests.conftest import study
+from tests.helpers import fixtures, study
 
 
 def prepared(tmp_path, benchmark, root, **options) -> Manifest:

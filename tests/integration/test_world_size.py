@@ -5,15 +5,15 @@ per-rank statistics would differ by design)."""
 
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 import torch
 import torch.multiprocessing as mp
+from accelerate.state import AcceleratorState, GradientState
 
 from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
 from crdist.train.worker import TrainJob, train_task
-from tests.conftest import study
+from tests.helpers import study
 
 DETERMINISTIC = ["sgd", "lpft", "si", "ewc", "joint"]  # replay methods draw from per-rank buffers
 GLOBAL_BATCH = 16
@@ -172,7 +172,6 @@ def test_a_replay_method_killed_on_two_ranks_resumes_on_one_with_its_buffers_mer
                                                                                      deepspeed_cpu_op):
     """ER keeps a reservoir per rank; resumed on one rank, the two reservoirs of the checkpoint are
     dealt into one, every stored sample kept, and training goes on from the checkpoint's step."""
-    import torch
 
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
         _run(tmp_path / "er", digits_shards, world=2, zero_stage=2, kill_at_step=10, method="er")

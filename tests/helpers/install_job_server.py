@@ -1,7 +1,7 @@
 """Install Ray's job server (what `ray[default]` adds to crdist's `ray[train]`) into a directory of
 its own, for the `ray job submit` test alone:
 
-    python tests/install_job_server.py DIR
+    python tests/helpers/install_job_server.py DIR
 
 With those packages importable, every Ray node starts its dashboard agent in full, which loads
 many more modules; on a busy 2-core machine that can outlast the raylet's wait for the agent, and
@@ -27,5 +27,5 @@ if missing:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
                     *missing], check=True)
 target.mkdir(parents=True, exist_ok=True)
-(target / ".complete").write_text("\n".join(missing) + "\n")  # tests/run installs again without it
+(target / ".complete").write_text("\n".join(missing) + "\n")  # tests/run --all installs again without it
 print(f"Ray's job server: {len(missing)} package(s) in {target}")

@@ -11,12 +11,12 @@ import webdataset as wds
 from crdist.data.manifest import ImageInfo, Manifest, SplitRecord, TaskRecord
 from crdist.data.prepare import PrepareError, prepare
 from crdist.data.samples import ImageDecoder, decode_pixels
-from crdist.data.sources.base import png_bytes
 from crdist.data.shards import verify, write_shards
+from crdist.data.sources.base import png_bytes
 from crdist.data.sources.digits import load_digits
 from crdist.data.stream import RankStream, StreamError, StreamSpec, read_split
 from crdist.data.tarstream import TarFormatError, tar_members
-from tests.conftest import study
+from tests.helpers import study
 
 
 def raw_samples(urls):

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 # -- CIFAR: Python 2 pickles ---------------------------------------------------------------------
 
 

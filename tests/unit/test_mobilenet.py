@@ -155,7 +155,7 @@ def test_images_under_32_px_are_refused_with_the_setting_to_change(tmp_path, cap
 def test_model_init_names_the_installed_file_as_known_weights(weights):
     # model.init: known:mobilenet-v2 is that verified file, loaded as a study's c_0 loads model.init.
     from crdist.models.pretrained import load_init
-    from tests.conftest import study
+    from tests.helpers import study
 
     cfg = study(model={"backbone": "mobilenet-v2", "init": "known:mobilenet-v2"}, data={"image_size": 32}).model
     assert cfg.init_file() == weights

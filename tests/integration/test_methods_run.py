@@ -8,7 +8,7 @@ import re
 import torch
 
 from crdist.models.weights import load_weights
-from tests.test_recovery import finish, journal, method_state, start
+from tests.helpers.studies import finish, journal, method_state, start
 
 SHORT = ["data.tasks=2", "train.max_steps=8", "evaluate.protocols=[knn]", "checkpoint.every_steps=4"]
 

@@ -15,7 +15,7 @@ from crdist.data.manifest import Manifest
 from crdist.data.prepare import prepare
 from crdist.data.samples import decode_pixels
 from crdist.data.sources.base import SourceError
-from tests.conftest import study
+from tests.helpers import study
 
 
 def prepared(tmp_path, root, name="shards", **options) -> Manifest:

@@ -10,7 +10,7 @@ from crdist.config import ConfigError
 from crdist.report.aggregate import RunResult
 from crdist.report.paired import paired_differences
 from crdist.sweep import load_sweep, report_sweep
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 T_975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (3 pairs)
 T_975_1 = 12.706204736174707  # 1 degree of freedom (2 pairs)

@@ -5,17 +5,17 @@ whole process group leaves nothing running once the run is done again."""
 import os
 import re
 import signal
-import time
-from signal import SIGKILL
 import subprocess
 import sys
+import time
+from signal import SIGKILL
 
 import psutil
 import pytest
 
 from crdist.bench.faults import wait_for
-from tests.conftest import ROOT
-from tests.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
+from tests.helpers import ROOT
+from tests.helpers.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
 
 # One task, a few steps, kNN only: what matters here is where each run's Ray comes from.
 TINY = ["data.tasks=1", "train.methods=[sgd]", "train.max_steps=4", "evaluate.protocols=[knn]"]

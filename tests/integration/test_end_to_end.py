@@ -9,8 +9,7 @@ import pytest
 
 from crdist.bench import overhead
 from crdist.evaluate.metrics import summarize
-from tests import fixtures
-from tests.conftest import ROOT
+from tests.helpers import ROOT, fixtures
 
 METHODS = ["sgd", "lpft", "frozen"]
 PROTOCOLS = ["knn", "linear", "finetune"]
@@ -35,6 +34,7 @@ def finished_run(tmp_path_factory):
     return tmp_path, result
 
 
+@pytest.mark.smoke
 def test_a_short_study_through_ray_writes_every_report_file(finished_run):
     tmp_path, result = finished_run
     run = tmp_path / "runs" / "short"
@@ -151,7 +151,9 @@ def test_the_wall_time_split_of_a_real_run_adds_up(finished_run):
     run = tmp_path / "runs" / "short"
     figures = overhead.analyse(run)
     trains = [json.loads(p.read_text()) for p in (run / "models").glob("*/c_*.train.json")]
-    assert figures["train_tasks"] == len(trains) == 4 and figures["train_jobs"] == 2 and figures["eval_jobs"] == 10
+    # 3 methods × 2 tasks on one Ray Train job per method; frozen's evaluations are c_0's (no job):
+    # c_0, sgd's and lpft's c_1 and c_2, each on 2 tasks.
+    assert figures["train_tasks"] == len(trains) == 6 and figures["train_jobs"] == 3 and figures["eval_jobs"] == 10
     assert figures["train_compute_seconds"] == pytest.approx(sum(t["seconds"] for t in trains))
     for part in ("train_start_seconds", "train_engine_seconds", "train_compute_seconds", "train_end_seconds",
                  "eval_seconds", "wall_with_neither"):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from crdist.train.checkpoint import CheckpointConfig
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SCRIPTS = [*sorted((ROOT / "launchers").rglob("*.sh")), ROOT / "launchers" / "slurm" / "crdist.sbatch",
            ROOT / "tests" / "run", ROOT / ".ci" / "run"]
