@@ -2,6 +2,8 @@
 
 A method is one module here that registers a :class:`~crdist.methods.base.Method` subclass with
 ``@METHODS.register(name)``; it owns its config section, its state and its hooks (see base.py).
+The methods with a replay buffer build on :class:`~crdist.methods.replay.ReplayMethod`, which owns
+the buffer (buffer.py), its updates, its state and its re-sharding.
 """
 
 from crdist.registry import Registry

@@ -2,7 +2,9 @@
 earlier tasks; each step also computes the gradient g_ref of the loss on a memory batch, and when
 the step's gradient g points against it (g · g_ref < 0) projects it onto the half-space that does
 not increase that loss: g ← g − (g · g_ref / g_ref · g_ref) · g_ref. At each task end,
-``size // tasks`` samples of the task join the memory (a reservoir), as in the paper's code.
+``size // tasks`` samples of the task join the memory (a reservoir, the replay methods' buffer,
+but filled at task end instead of after every step), as in the paper's code. With
+``model.head: per_task`` the memory loss masks each sample to the classes of the task it came from.
 
 Distributed: the gradient hook gets g as DeepSpeed holds it after the backward, averaged over
 ranks; each rank computes its memory batch's gradient and g_ref is their all-reduced mean, so every
@@ -19,19 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from crdist.config import require
-from crdist.data.samples import take, to_device
+from crdist.data.samples import take
 from crdist.methods import METHODS
-from crdist.methods.base import Method, MethodContext, trainable, unwrap
-from crdist.methods.buffer import ReservoirBuffer
+from crdist.methods.base import MethodContext, trainable, unwrap
+from crdist.methods.replay import ReplayConfig, ReplayMethod
 
 
 @dataclass(frozen=True)
-class AGEMConfig:
-    size: int = 256  # samples in the memory, over all ranks (the paper's code: 256)
-    minibatch: int | None = None  # memory samples per step and rank; null = train.batch_size
+class AGEMConfig(ReplayConfig):
+    minibatch: int | None = None
+    """Memory samples per step and rank; null = train.batch_size."""
 
     def validate(self) -> None:
-        require(self.size >= 1, "size", f"must be at least 1 (got {self.size})")
+        super().validate()
         require(self.minibatch is None or self.minibatch >= 1, "minibatch", f"must be at least 1 (got {self.minibatch})")
 
 
@@ -44,16 +46,16 @@ def project(gradient: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 @METHODS.register("agem")
-class AGEM(Method):
+class AGEM(ReplayMethod):
     name = "agem"
     Config = AGEMConfig
+    state_key = "memory"
     zero_stages = (0, 1, 2)
     zero_stage_limit = "its memory gradient needs every weight whole on every rank, which ZeRO-3 partitions"
     hooks_gradients = True
 
     def __init__(self, context: MethodContext, config: AGEMConfig = AGEMConfig()):
         super().__init__(context, config)
-        self.memory = ReservoirBuffer.for_rank(config.size, context.seed, self.name, context.rank, context.world)
         self.batch_size = 0
         self.projected_steps = 0  # steps of this task whose gradient was projected
 
@@ -62,18 +64,20 @@ class AGEM(Method):
         return super().loss(model, inputs, labels, phase)
 
     def on_gradients(self, model, grads: list[torch.Tensor], lr: float) -> list[torch.Tensor]:
-        if len(self.memory) == 0:  # the same on every rank: each adds the same count at each task end
+        if len(self.buffer) == 0:  # the same on every rank: each adds the same count at each task end
             return grads
         params = [p for _, p in trainable(model)]
-        inputs, labels, _, _ = self.memory.sample(self.config.minibatch or self.batch_size)
-        device = params[0].device
-        memory_loss = F.cross_entropy(unwrap(model)(to_device(inputs, device)), labels.to(device))
-        reference = torch.autograd.grad(memory_loss, params, allow_unused=True)
+        reference = torch.autograd.grad(self.memory_loss(model, params[0].device), params, allow_unused=True)
         g = _flatten(grads, params)
         g_ref = self.context.all_reduce_mean(_flatten(reference, params))
         projected = project(g, g_ref)
         self.projected_steps += int(not torch.equal(projected, g))
         return _unflatten(projected, params)
+
+    def memory_loss(self, model, device) -> torch.Tensor:
+        """The loss on a batch drawn from the memory, whose gradient is g_ref."""
+        inputs, labels, _, tasks = self.replay(self.config.minibatch or self.batch_size, device)
+        return F.cross_entropy(self.task_logits(unwrap(model)(inputs), tasks), labels)
 
     def end_task(self, model) -> None:
         """Add this rank's share of ``size // tasks`` samples of the task to the memory."""
@@ -82,21 +86,10 @@ class AGEM(Method):
         added = 0
         for inputs, labels in context.batches(0):
             n = min(len(labels), share - added)
-            self.memory.add(take(inputs, slice(0, n)), labels[:n], context.task.index)
+            self.buffer.add(take(inputs, slice(0, n)), labels[:n], context.task.index)
             added += n
             if added >= share:
                 break
-
-    def state_dict(self) -> dict:
-        return {"memory": self.memory.state_dict()}
-
-    @classmethod
-    def reshard_state(cls, states: list[dict], world: int, seed: int) -> list[dict]:
-        memories = ReservoirBuffer.reshard([s["memory"] for s in states], world, seed, cls.name)
-        return [{"memory": memory} for memory in memories]
-
-    def load_state_dict(self, state: dict) -> None:
-        self.memory.load_state_dict(state["memory"])
 
 
 def _flatten(grads, params) -> torch.Tensor:

@@ -23,7 +23,15 @@ everything it needs:
   others. The study refuses, before anything trains, a method at a stage it cannot run at.
 
 The defaults are plain supervised training: one phase, cross-entropy through the whole model, no
-state.
+state. Methods with a replay buffer build on :class:`~crdist.methods.replay.ReplayMethod`.
+
+**The head rule.** With ``model.head: per_task`` a sample's loss sees only the logits of its own
+task's classes: every loss a method computes on samples goes through :meth:`Method.task_logits`,
+which sets the others to −inf (or :meth:`Method.task_mask`, which selects its task's logits, for
+a loss that compares logits, as DER's does). The current batch belongs to the task being trained
+(joint's batches mix tasks 1..i: :meth:`Method.batch_tasks`); a replayed sample belongs to the
+task it was stored from, which the buffer keeps beside its label. With ``model.head: shared``
+every loss sees every logit.
 """
 
 from __future__ import annotations
@@ -65,7 +73,9 @@ class MethodContext:
     # This rank's (inputs, labels) batches of the task's train split in one epoch (the same
     # order training used), for a method that reads the task's data at task end.
     batches: Callable[[int], Iterator] | None = None
-    classes_so_far: tuple[int, ...] = ()  # the classes of tasks 1..task
+    # The classes of each task 1..task, in order (task_classes[t - 1] is task t's): what the
+    # per-task head masks a sample to. Required with head "per_task".
+    task_classes: tuple[tuple[int, ...], ...] = ()
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of ``tensor`` over ranks (a collective: every rank must call it)."""
@@ -87,11 +97,8 @@ class Method:
     def __init__(self, context: MethodContext, config=None):
         self.context = context
         self.config = config
-        self._mask = None
-        if context.head == "per_task":
-            mask = torch.ones(context.num_classes, dtype=torch.bool)
-            mask[context.task.classes] = False
-            self._mask = mask  # True where a logit belongs to another task
+        # model.head: per_task: row t is True where a class is not task t's (row 0 is no task).
+        self._outside_task = _classes_outside_each_task(context) if context.head == "per_task" else None
 
     @classmethod
     def tasks_to_stream(cls, task: int) -> tuple[int, ...]:
@@ -107,7 +114,8 @@ class Method:
         return [Phase("train", total_steps, train_backbone=True, lr=self.context.lr)]
 
     def loss(self, model, inputs, labels: torch.Tensor, phase: Phase) -> torch.Tensor:
-        return F.cross_entropy(self.task_logits(model(inputs, freeze_backbone=not phase.train_backbone)), labels)
+        logits = model(inputs, freeze_backbone=not phase.train_backbone)
+        return F.cross_entropy(self.task_logits(logits, self.batch_tasks(labels)), labels)
 
     def on_gradients(self, model, grads: list[torch.Tensor], lr: float) -> list[torch.Tensor]:
         return grads
@@ -143,15 +151,48 @@ class Method:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def task_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """With ``model.head: per_task``, the logits of the other tasks' classes masked out."""
-        if self._mask is None:
+    def task_logits(self, logits: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """The head rule, the one place it is applied: with ``model.head: per_task`` each row's
+        logits outside its own task's classes are set to −inf, so a loss on them sees only its
+        task's classes; with ``model.head: shared`` the logits unchanged. ``tasks``: the task of
+        each row (a replayed sample's is the one it was stored from); None: every row is the
+        current task's."""
+        if self._outside_task is None:
             return logits
-        return logits.masked_fill(self._mask.to(logits.device), float("-inf"))
+        outside = self._outside_task.to(logits.device)
+        outside = outside[self.context.task.index] if tasks is None else outside[tasks.to(logits.device)]
+        return logits.masked_fill(outside, float("-inf"))
+
+    def task_mask(self, tasks: torch.Tensor) -> torch.Tensor | None:
+        """(rows, classes), True where a logit is of the row's own task; None with a shared head
+        (every logit counts). For a loss on logits that masking with −inf would break (DER's MSE)."""
+        if self._outside_task is None:
+            return None
+        return ~self._outside_task.to(tasks.device)[tasks]
+
+    def batch_tasks(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The task of each sample of the current batch, for :meth:`task_logits`; None: all are the
+        current task's, as for every method whose job streams that task alone."""
+        return None
 
 
 class ReshardError(CrdistError, ValueError):
     pass
+
+
+class HeadError(CrdistError, ValueError):
+    pass
+
+
+def _classes_outside_each_task(context: MethodContext) -> torch.Tensor:
+    """Row t of the per-task head's mask: True where a class is not task t's."""
+    if len(context.task_classes) < context.task.index:
+        raise HeadError(f"model.head: per_task needs the classes of tasks 1..{context.task.index} "
+                        f"(MethodContext.task_classes holds {len(context.task_classes)})")
+    outside = torch.ones(len(context.task_classes) + 1, context.num_classes, dtype=torch.bool)
+    for task, classes in enumerate(context.task_classes, start=1):
+        outside[task, list(classes)] = False
+    return outside
 
 
 def _same(a, b) -> bool:

@@ -1,10 +1,12 @@
 """ewc: online elastic weight consolidation (Schwarz et al., 2018). At the end of each task the
 diagonal Fisher information F of the task's data is folded into a running importance
 (F ← γ·F + F_task) and the weights are anchored (θ* ← θ); training then adds
-(λ/2) · Σ F · (θ − θ*)², which resists moving the weights the earlier tasks' predictions depend on.
+(λ/2) · Σ F · (θ − θ*)² to the cross-entropy (with ``model.head: per_task``, over the task's own
+classes' logits), which resists moving the weights the earlier tasks' predictions depend on.
 
-F_task is the mean of squared per-sample gradients of the cross-entropy (the empirical Fisher),
-in eval mode, over ``fisher_samples`` samples of the task's own train stream, split across ranks:
+F_task is the mean of squared per-sample gradients of the cross-entropy (the empirical Fisher;
+with ``model.head: per_task`` over the task's own classes' logits, the loss it trained on), in eval
+mode, over ``fisher_samples`` samples of the task's own train stream, split across ranks:
 each rank takes its share of its own stream, and the sums are all-reduced, so every rank holds
 the same F and θ*. Under ZeRO 0–2 every rank holds the whole weights, so F and θ* are whole too
 (two extra copies of the model per rank). ZeRO-3 partitions the weights outside the forward pass,
@@ -21,16 +23,19 @@ import torch
 import torch.nn.functional as F
 
 from crdist.config import require
-from crdist.data.samples import count, take, to_device
+from crdist.data.samples import take, to_device
 from crdist.methods import METHODS
 from crdist.methods.base import Method, MethodContext, Phase, trainable, unwrap
 
 
 @dataclass(frozen=True)
 class EWCConfig:
-    lam: float = 10.0  # λ, the strength of the penalty
-    gamma: float = 1.0  # γ, the decay of the earlier tasks' Fisher (online EWC); 1 = a plain sum
-    fisher_samples: int = 256  # samples of the task's train stream the Fisher is estimated on, over all ranks
+    lam: float = 10.0
+    """λ, the strength of the penalty."""
+    gamma: float = 1.0
+    """γ, the decay of the earlier tasks' Fisher (online EWC); 1 = a plain sum."""
+    fisher_samples: int = 256
+    """Samples of the task's train stream the Fisher is estimated on, over all ranks."""
 
     def validate(self) -> None:
         require(self.lam >= 0, "lam", f"must be non-negative (got {self.lam})")
@@ -77,7 +82,7 @@ class EWC(Method):
         for inputs, labels in context.batches(0):
             for i in range(min(len(labels), share - seen)):
                 one = to_device(take(inputs, slice(i, i + 1)), context.device)
-                loss = F.cross_entropy(net(one), labels[i : i + 1].to(context.device))
+                loss = F.cross_entropy(self.task_logits(net(one)), labels[i : i + 1].to(context.device))
                 grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
                 for total, g in zip(sums, grads):
                     if g is not None:

@@ -2,7 +2,8 @@
 
 Training the head first means fine-tuning starts from a head that already fits the task, so the
 early, large gradients of a mismatched head do not distort the pretrained features (Kumar et al.,
-2022); Sun et al. (2023) show this makes continued pretraining forget less.
+2022); Sun et al. (2023) show this makes continued pretraining forget less. Both phases train on
+the plain cross-entropy (with ``model.head: per_task``, over the task's own classes' logits).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from crdist.methods.base import Method, MethodContext, Phase
 
 @dataclass(frozen=True)
 class LPFTConfig:
-    # Share of each task's steps spent on the probe (head only, backbone and its BatchNorm frozen).
     probe_fraction: float = 0.3
-    # Peak learning rate of the probe; fine-tuning then restarts the schedule at train.lr with a
-    # fresh optimizer state.
+    """Share of each task's steps spent on the probe (head only, backbone and its BatchNorm frozen)."""
     probe_lr: float = 0.01
+    """Peak learning rate of the probe; fine-tuning then restarts the schedule at train.lr with a
+    fresh optimizer state."""
 
     def validate(self) -> None:
         require(0.0 < self.probe_fraction <= 1.0, "probe_fraction", f"must be in (0, 1] (got {self.probe_fraction})")

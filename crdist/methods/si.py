@@ -2,7 +2,8 @@
 each weight's contribution to the loss is tracked as ω += lr · g² (the code's approximation of the
 path integral); at task end the importance grows by Ω += ω / ((θ − θ_start)² + ξ), accumulated over
 tasks (the paper's code overwrote Ω at each task; its later LUMP code accumulates, and so does
-crdist), and the weights are anchored. Training adds c · Σ Ω · (θ − θ*)².
+crdist), and the weights are anchored. Training adds c · Σ Ω · (θ − θ*)² to the cross-entropy
+(with ``model.head: per_task``, over the task's own classes' logits).
 
 Distributed: g is the step's gradient as DeepSpeed holds it before the step, averaged over ranks,
 so ω, Ω and θ* are the same on every rank. The penalty needs the whole weights on every rank:
@@ -23,8 +24,10 @@ from crdist.methods.base import Method, MethodContext, Phase, trainable
 
 @dataclass(frozen=True)
 class SIConfig:
-    c: float = 0.4  # strength of the penalty (the paper's code: 0.4)
-    xi: float = 1.0  # damping of the importance's denominator (the paper's code: 1)
+    c: float = 0.4
+    """Strength of the penalty (the paper's code: 0.4)."""
+    xi: float = 1.0
+    """ξ, the damping of the importance's denominator (the paper's code: 1)."""
 
     def validate(self) -> None:
         require(self.c >= 0, "c", f"must be non-negative (got {self.c})")
