@@ -1,10 +1,11 @@
-"""Command line: ``crdist run | resume | sweep | report | prepare | bench | weights``.
+"""Command line: ``crdist run | resume | sweep | report | prepare | bench | weights | config``.
 
 Thin: parse, load config, call one function."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "after another (Ray + Accelerate + DeepSpeed ZeRO + WebDataset), measure every checkpoint on every task "
         "with kNN, linear-probe and fine-tuning adaptation, and report the forgetting matrices.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = commands.add_parser(
         "run",
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a study: prepare its shards, train every method on every task (one Ray Train job each), "
         "evaluate every checkpoint on every task, and write runs/<name>/report/. Rerunning the same command "
         "reuses the jobs already finished in the run directory.",
+        epilog=_config_sections,
     )
     run.add_argument(
         "config", nargs="?", default=None, help=f"study config (YAML); default: {DEFAULT_CONFIG}, the embedded demo"
@@ -161,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         "report: per protocol, each method's metrics as mean ± std over the seeds. Rerunning the same command "
         "keeps the finished runs and resumes the others.",
     )
-    sweep.add_argument("sweep_file", type=Path, help="a sweep file (YAML), e.g. configs/sweeps/fashion_seeds.yaml")
+    sweep.add_argument("sweep_file", type=Path, help="a sweep file (YAML), e.g. configs/sweeps/paper_fashion_seeds.yaml")
     sweep.add_argument("--address", help="run the points on this Ray cluster instead of starting one")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key at every point, after the sweep file's set: (repeatable; "
@@ -202,7 +204,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     weights.add_argument("name", nargs="?", help="e.g. mobilenet-v2")
     weights.set_defaults(handler=_weights)
+
+    config = commands.add_parser(
+        "config",
+        help="print the reference of the config keys: type, default, meaning",
+        description="Print the reference of every config section, of one (crdist config train), or of one key "
+        "(crdist config train.lr): its type, default, allowed values and documentation, read from the config "
+        "classes themselves.",
+    )
+    config.add_argument("key", nargs="?", help="a section or a dotted key, e.g. train or evaluate.knn.k")
+    config.add_argument("--markdown", action="store_true",
+                        help="print the whole reference as Markdown (docs/configuration.md)")
+    config.set_defaults(handler=_config)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when its help is shown: the list
+    of config sections imports every method (and torch), which no other use of the parser should pay for."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _config_sections() -> str:
+    from crdist.config_reference import study_reference
+    from crdist.study import method_sections
+
+    root = study_reference()
+    top = ", ".join(key.path for key in root.keys)
+    components = ", ".join(s.path for s in root.sections if s.path not in method_sections())
+    methods = ", ".join(s.path for s in root.sections if s.path in method_sections())
+    return (f"Config keys: {top} at the top level; the sections {components}; and a section per method with "
+            f"options: {methods}. `crdist config SECTION` documents a section's keys, `crdist config "
+            f"SECTION.KEY` one key, `crdist config` all of them.")
 
 
 def _default_config() -> Path:
@@ -230,20 +267,20 @@ def _load_run(run_dir: Path):
     import yaml
 
     from crdist.config import from_dict
-    from crdist.orchestrate.rundir import RunDir, RunDirError
+    from crdist.rundir import RunDir, RunDirError
     from crdist.study import StudyConfig
 
-    run = RunDir(run_dir)
-    if not run.config_file.is_file():
+    found = RunDir(run_dir)
+    if not found.config_file.is_file():
         raise RunDirError(f"{run_dir}: not a crdist run directory (it has no config.yaml)")
-    return run, from_dict(StudyConfig, yaml.safe_load(run.config_file.read_text()), source=str(run.config_file))
+    return found, from_dict(StudyConfig, yaml.safe_load(found.config_file.read_text()), source=str(found.config_file))
 
 
 def _resume(args) -> int:
     from crdist.orchestrate.driver import run_study
 
-    run, study = _load_run(args.run_dir)
-    run_study(study, str(run.config_file), address=args.address, run_dir=run.root)
+    run_dir, study = _load_run(args.run_dir)
+    run_study(study, str(run_dir.config_file), address=args.address, directory=run_dir.root)
     return 0
 
 
@@ -314,8 +351,8 @@ def _report(args) -> int:
 
     if (args.run_dir / SWEEP_FILE).is_file():
         return report_sweep(args.run_dir)
-    run, study = _load_run(args.run_dir)
-    summary = write_report(run, study, Manifest.load(run.root))  # the stream's manifest, copied at start
+    run_dir, study = _load_run(args.run_dir)
+    summary = write_report(run_dir, study, Manifest.load(run_dir.root))  # the stream's manifest, copied at start
     print(f"report written to {summary.directory}\n\n{summary.table}")
     return 0
 
@@ -363,6 +400,21 @@ def _prepare(args) -> int:
     raw = {"benchmark": args.benchmark, "shards": str(args.out), "root": args.root, "skip_corrupt": args.skip_corrupt}
     overrides = [item.removeprefix("data.") for item in args.overrides]
     prepare(from_dict(DataConfig, raw, source="crdist prepare", overrides=overrides))
+    return 0
+
+
+def _config(args) -> int:
+    from crdist.config_reference import find, markdown, study_reference, text_of
+
+    if args.markdown and args.key:
+        raise ConfigError("config: give a KEY or --markdown (the whole reference), not both")
+    root = study_reference()
+    text = markdown(root) if args.markdown else text_of(find(root, args.key) if args.key else root) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # a pager or head that stopped reading early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush stays quiet
     return 0
 
 

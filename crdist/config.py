@@ -5,13 +5,19 @@ override), e.g. ``configs/demo.yaml: train.zero_stage: must be one of 0, 1, 2, 3
 
 Each component owns its section as a small dataclass next to its code (``crdist/train/config.py``
 and so on); a section may define ``validate()`` and raise :class:`InvalidValue` for values that
-are well-typed but impossible.
+are well-typed but impossible. Each field is documented by the string literal right after it,
+which ``crdist config`` reads (``crdist/config_reference.py``).
+
+A file may extend another with a top-level ``base: PATH`` (relative to the file naming it): the
+base is read first, recursively, and the file's own keys merge over it, mapping by mapping; a
+list or a value replaces the base's. A key that came from a base names that file as its source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -40,24 +46,28 @@ def require(condition: bool, key: str, message: str) -> None:
         raise InvalidValue(key, message)
 
 
+BASE_KEY = "base"
+
+
 def load(cls: type, path: str | Path, overrides: typing.Sequence[str] = ()) -> Any:
-    """Read ``path`` (YAML), apply ``key.sub=value`` overrides, and build a checked ``cls``."""
+    """Read ``path`` (YAML) and the files it extends, apply ``key.sub=value`` overrides, and build a
+    checked ``cls``. ``base:`` is an ordinary field where ``cls`` declares one (a sweep file's study
+    config), and names the file this one extends otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return from_dict(cls, raw, str(path), overrides)
+    if BASE_KEY in {f.name for f in dataclasses.fields(cls)}:
+        return from_dict(cls, _read_mapping(path), str(path), overrides)
+    raw, origins = _read_extended(path, ())
+    return from_dict(cls, raw, str(path), overrides, origins)
 
 
-def from_dict(cls: type, raw: dict, source: str = "<dict>", overrides: typing.Sequence[str] = ()) -> Any:
-    """Build a checked ``cls`` from ``raw`` (read from ``source``) with ``key.sub=value`` overrides."""
+def from_dict(cls: type, raw: dict, source: str = "<dict>", overrides: typing.Sequence[str] = (),
+              origins: dict[str, str] | None = None) -> Any:
+    """Build a checked ``cls`` from ``raw`` (read from ``source``) with ``key.sub=value`` overrides;
+    ``origins`` maps keys that came from elsewhere (a base file) to where."""
     raw = dict(raw)
-    origins: dict[str, str] = {}
+    origins = dict(origins or {})
     for item in overrides:
         _apply_override(raw, item, origins)
     return _Builder(source, origins).build(cls, raw, "")
@@ -65,6 +75,79 @@ def from_dict(cls: type, raw: dict, source: str = "<dict>", overrides: typing.Se
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _read_extended(path: Path, extended_by: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    """``path``'s keys merged over those of its base (recursively), and the source of every key
+    that came from a base. ``extended_by`` is the chain of files that led here, to refuse cycles."""
+    raw = _read_mapping(path)
+    if BASE_KEY not in raw:
+        return raw, {}
+    named = raw.pop(BASE_KEY)
+    if not isinstance(named, str) or not named.strip():
+        raise ConfigError(f"{path}: {BASE_KEY}: must be the path of the config file this one extends, "
+                          f"got {_describe(named)}")
+    base = Path(os.path.normpath(path.parent / named))
+    if not base.is_file():
+        raise ConfigError(f"{path}: {BASE_KEY}: {named}: no such config file (looked at {base})")
+    chain = (*extended_by, path)
+    if any(base.resolve() == earlier.resolve() for earlier in chain):
+        loop = chain[[earlier.resolve() for earlier in chain].index(base.resolve()):]
+        raise ConfigError(f"{path}: {BASE_KEY}: the files extend each other in a cycle: "
+                          + " → ".join(str(p) for p in (*loop, base)))
+    inherited, deeper = _read_extended(base, chain)
+    origins = {}
+    for key in _leaf_keys(inherited):
+        if not _sets(raw, key):
+            owner = next((deeper[p] for p in _prefixes(key) if p in deeper), f"{base} (base of {path})")
+            origins[key] = owner
+    return _merge(inherited, raw), origins
+
+
+def _merge(base: dict, own: dict) -> dict:
+    """``own`` over ``base``: mappings merge key by key; lists and values replace."""
+    merged = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _leaf_keys(mapping: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of every value in ``mapping`` that is not a non-empty mapping."""
+    keys = []
+    for key, value in mapping.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        keys += _leaf_keys(value, full) if isinstance(value, dict) and value else [full]
+    return keys
+
+
+def _sets(mapping: dict, key: str) -> bool:
+    """Whether ``mapping`` gives ``key`` its value: the key itself, or a value (not a mapping) above it."""
+    node: Any = mapping
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return not isinstance(node, dict)
+        node = node[part]
+    return True
+
+
+def _prefixes(key: str) -> list[str]:
+    """``a.b.c`` → ``a.b.c``, ``a.b``, ``a``: longest first, as the innermost source wins."""
+    parts = key.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 def _apply_override(raw: dict, item: str, origins: dict[str, str]) -> None:
@@ -86,6 +169,8 @@ def _apply_override(raw: dict, item: str, origins: dict[str, str]) -> None:
         node[part] = child = dict(child)  # copy: never modify the caller's mapping
         node = child
     node[parts[-1]] = value
+    for earlier in [k for k in origins if k.startswith((key + ".", key + "["))]:
+        del origins[earlier]  # replaced: whatever was below this key came from elsewhere
     origins[key] = f"--set {item}"
 
 

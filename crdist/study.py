@@ -57,22 +57,32 @@ def _method_config(self, name: str):
     return getattr(self, name, None) if name in method_sections() else None
 
 
+@dataclasses.dataclass(frozen=True)
+class StudySections:
+    """The keys every study has; StudyConfig adds the methods' sections."""
+
+    name: str = "demo"
+    """The run's name: its directory under runs_dir (crdist run --name overrides it)."""
+    seed: int = 0
+    """Seeds what a run draws: the initial model, training and evaluation (data.seed and pretrain.seed
+    seed their own); a sweep's seed axis varies it."""
+    runs_dir: str = "runs"
+    """Where run directories go: runs_dir/name."""
+    # The sections: their classes' docstrings document them.
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
 StudyConfig = dataclasses.make_dataclass(
     "StudyConfig",
-    [
-        ("name", str, field(default="demo")),
-        ("seed", int, field(default=0)),
-        ("runs_dir", str, field(default="runs")),
-        ("data", DataConfig, field(default_factory=DataConfig)),
-        ("model", ModelConfig, field(default_factory=ModelConfig)),
-        ("pretrain", PretrainConfig, field(default_factory=PretrainConfig)),
-        ("train", TrainConfig, field(default_factory=TrainConfig)),
-        ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
-        ("evaluate", EvalConfig, field(default_factory=EvalConfig)),
-        ("cluster", ClusterConfig, field(default_factory=ClusterConfig)),
-        ("tracking", TrackingConfig, field(default_factory=TrackingConfig)),
-        *[(name, cls, field(default_factory=cls)) for name, cls in method_sections().items()],
-    ],
+    [(name, cls, field(default_factory=cls)) for name, cls in method_sections().items()],
+    bases=(StudySections,),
     frozen=True,
     namespace={"validate": _validate, "method_config": _method_config, "__module__": __name__},
 )

@@ -42,7 +42,8 @@ from crdist import config
 from crdist.atomic import write_json, write_text
 from crdist.config import ConfigError, require
 from crdist.errors import CrdistError
-from crdist.report.aggregate import aggregate, read_run, value_label, write_aggregate
+from crdist.report.aggregate import aggregate, read_run, value_label
+from crdist.report.sweep_report import write_sweep_report
 from crdist.study import StudyConfig, load_study
 
 STATUS = "sweep-status.json"
@@ -60,12 +61,19 @@ class SweepStopped(CrdistError, RuntimeError):
 @dataclass(frozen=True)
 class SweepConfig:
     name: str
-    base: str  # the study config every point starts from; relative paths are relative to the sweep file
+    """The sweep's name: its directory under runs_dir."""
+    base: str
+    """The study config every point starts from; relative paths are relative to the sweep file."""
     axes: dict[str, list[Any]] = field(default_factory=dict)
-    set: list[str] = field(default_factory=list)  # --set overrides applied to every point
-    concurrent: int = 1  # runs at once on the sweep's cluster
-    runs_dir: str = "runs"  # the sweep's parent directory is runs_dir/name
-    compare_to: str | None = None  # the reference of the paired comparisons; None: the study's first method
+    """Config key → its values; the grid is their product."""
+    set: list[str] = field(default_factory=list)
+    """--set overrides applied to every point."""
+    concurrent: int = 1
+    """Runs at once on the sweep's cluster."""
+    runs_dir: str = "runs"
+    """The sweep's parent directory is runs_dir/name."""
+    compare_to: str | None = None
+    """The reference of the paired comparisons; null: the study's first method."""
 
     def validate(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", f"must be a plain name (got {self.name!r})")
@@ -156,7 +164,7 @@ def report_sweep(parent: Path, say=print) -> int:
         for r in agg.failed:
             say(f"failed {r.name}: {r.error}")
         return 1
-    text = write_aggregate(agg, parent / "report", sweep.name, results, reference_method(sweep, points))
+    text = write_sweep_report(agg, parent / "report", sweep.name, results, reference_method(sweep, points))
     say(f"report written to {parent / 'report'}\n\n{text}")
     for r in agg.failed:
         say(f"\nfailed {r.name} (not in the means): {r.error}")

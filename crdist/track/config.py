@@ -8,15 +8,21 @@ from crdist.config import require
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    # Which trackers the driver feeds; each writes under <run>/tracking/. See README, "Experiment trackers".
-    tensorboard: bool = False  # event files in <run>/tracking/tensorboard
+    """Which experiment trackers the driver feeds; each writes under <run>/tracking/. See README,
+    "Experiment trackers"."""
+
+    tensorboard: bool = False
+    """TensorBoard event files in <run>/tracking/tensorboard."""
     mlflow: bool = False
-    # MLflow's tracking store: a file: URI; null = a file store in <run>/tracking/mlflow.
+    """An MLflow run in the store at mlflow_uri."""
     mlflow_uri: str | None = None
+    """MLflow's tracking store: a file: URI; null = a file store in <run>/tracking/mlflow."""
     mlflow_experiment: str = "crdist"
-    # W&B always runs offline (no network); `wandb sync` uploads the run later.
+    """The MLflow experiment the run is logged under."""
     wandb: bool = False
+    """A W&B run, always offline (no network); `wandb sync` uploads it later."""
     wandb_project: str = "crdist"
+    """The W&B project the run is logged under."""
 
     def enabled(self) -> list[str]:
         """The trackers turned on, by key."""

@@ -8,52 +8,73 @@ from crdist.config import require
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Methods to compare; each trains its own chain c_1..c_T from the same c_0.
+    """How each method trains the backbone on each task: workers, ZeRO stage, optimizer, schedule."""
+
     methods: list[str] = field(default_factory=lambda: ["sgd", "lpft"])
+    """Methods to compare; each trains its own chain c_1..c_T from the same c_0."""
     workers: int = 2
+    """Ray Train workers of each method's train job (one process, and one GPU with use_gpu, each)."""
     cpus_per_worker: float = 1.0
+    """Ray CPUs each worker reserves; also its torch threads (at least 1)."""
     use_gpu: bool = False
+    """Give each worker one GPU (NCCL); false = CPU workers (gloo)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage: 0 = plain data parallel; 1 shards the optimizer state across workers,
+    2 also the gradients, 3 also the parameters."""
     epochs: int = 5
-    # Cap on steps per task (for short runs); null = every step of every epoch.
+    """Passes over each task's train split."""
     max_steps: int | None = None
-    batch_size: int = 16  # per worker
-    # Samples per optimizer step over all workers; null = batch_size × workers. When set, each
-    # worker accumulates global_batch / (batch_size × workers) micro-batches per step, so the
-    # global batch stays the same on any number of workers: a run may then resume on fewer (or
-    # more) workers than it started with (train.workers becomes an execution setting).
+    """Cap on steps per task (for short runs); null = every step of every epoch."""
+    batch_size: int = 16
+    """Samples per worker per micro-batch."""
     global_batch: int | None = None
+    """Samples per optimizer step over all workers; null = batch_size × workers. When set, each
+    worker accumulates global_batch / (batch_size × workers) micro-batches per step, so the
+    global batch stays the same on any number of workers: a run may then resume on fewer (or
+    more) workers than it started with (train.workers becomes an execution setting)."""
     lr: float = 0.003
+    """Peak learning rate of each training phase (after warmup)."""
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
+    """The optimizer; its state starts fresh at each task and phase."""
+    momentum: float = 0.9
+    """optimizer: sgd only: the momentum."""
+    nesterov: bool = False
+    """optimizer: sgd only: Nesterov momentum."""
     weight_decay: float = 0.0
+    """Weight decay (decoupled for adamw, L2 for sgd)."""
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_fraction: float = 0.1  # of each phase
+    """Learning rate within each phase after the warmup: cosine decay to 0, or constant."""
+    warmup_fraction: float = 0.1
+    """Share of each phase's steps spent warming the learning rate up linearly to lr."""
     grad_clip: float = 1.0
+    """Largest gradient norm; larger gradients are scaled down to it (0 = off)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    # Recompute each backbone block's activations in the backward pass instead of keeping them
-    # (crdist/models/activation_checkpointing.py): less memory for about one more forward of compute.
+    """Training precision: fp32, or bf16 mixed precision."""
     activation_checkpointing: bool = False
-    loader_workers: int = 2  # WebDataset loader processes per worker
+    """Recompute each backbone block's activations in the backward pass instead of keeping them
+    (crdist/models/activation_checkpointing.py): less memory for about one more forward of compute."""
+    loader_workers: int = 2
+    """WebDataset loader processes per worker (0 = load in the worker itself)."""
     shuffle_buffer: int = 256
-    # Decoded shards each loading process keeps across a task's epochs, in MiB of pixels
-    # (crdist/data/cache.py): later epochs neither read nor decode what fits. Per loader worker (or
-    # per worker without them); 0 = off.
+    """Samples in each loading process's shuffle buffer."""
     decoded_cache_mb: float = 256.0
-    # Which samples a worker trains on (crdist/data/stream.py): "sharded" = each worker streams its own
-    # shards; "global" = every worker reads the whole split in one seeded order and takes its slice
-    # of each global batch, so the result does not depend on the worker count (N× the reading).
+    """Decoded shards each loading process keeps across a task's epochs, in MiB of pixels
+    (crdist/data/cache.py): later epochs neither read nor decode what fits. Per loader worker (or
+    per worker without them); 0 = off."""
     data_order: Literal["sharded", "global"] = "sharded"
-    log_every: int = 10  # steps between progress reports
-    # Worker-group restarts Ray Train allows a method's train job (each resumes from the latest
-    # checkpoint); a job that spends them after finishing a task is started again from its next.
+    """Which samples a worker trains on (crdist/data/stream.py): "sharded" = each worker streams its
+    own shards; "global" = every worker reads the whole split in one seeded order and takes its slice
+    of each global batch, so the result does not depend on the worker count (N× the reading)."""
+    log_every: int = 10
+    """Steps between progress reports."""
     max_failures: int = 3
-    # Restarts after a node preemption (a drained node that went), counted apart from max_failures;
-    # -1 = no limit.
+    """Worker-group restarts Ray Train allows a method's train job (each resumes from the latest
+    checkpoint); a job that spends them after finishing a task is started again from its next."""
     max_preemption_failures: int = -1
-    # How a job's workers are placed on the cluster: PACK (fewest nodes) or SPREAD (one per node).
+    """Restarts after a node preemption (a drained node that went), counted apart from max_failures;
+    -1 = no limit."""
     placement: Literal["PACK", "SPREAD"] = "PACK"
+    """How a job's workers are placed on the cluster: PACK (fewest nodes) or SPREAD (one per node)."""
 
     def validate(self) -> None:
         from crdist.methods import METHODS

@@ -24,12 +24,18 @@ from crdist.seeding import derive_seed
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """finetune: a copy of the checkpoint with a new head, fine-tuned on the adaptation subset."""
+
     steps: int = 50
+    """AdamW steps of fine-tuning (backbone and new head) on the adaptation subset."""
     lr: float = 0.001
+    """Learning rate of the fine-tuning (constant)."""
     batch_size: int = 32
+    """Samples per step, drawn at random from the adaptation subset."""
     weight_decay: float = 0.0
-    # Seeded draws (head init, batches, dropout) averaged per cell; the matrix JSON records their spread.
+    """AdamW's weight decay."""
     repeats: int = 1
+    """Seeded draws (head init, batches, dropout) averaged per cell; the matrix JSON records their spread."""
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", f"must be at least 1 (got {self.steps})")

@@ -15,11 +15,14 @@ from crdist.evaluate.protocols import PROTOCOLS
 
 @dataclass(frozen=True)
 class KNNConfig:
+    """knn: cosine k-nearest neighbours on frozen features."""
+
     k: int = 5
-    # Each of the k neighbours votes exp(cosine similarity / temperature) for its class (the
-    # InstDisc / LUMP convention, 0.1 in the paper's code): always positive, and sharper for
-    # closer neighbours.
+    """Neighbours that vote (at most the bank's size)."""
     temperature: float = 0.1
+    """Each of the k neighbours votes exp(cosine similarity / temperature) for its class (the
+    InstDisc / LUMP convention, 0.1 in the paper's code): always positive, and sharper for
+    closer neighbours."""
 
     def validate(self) -> None:
         require(self.k >= 1, "k", f"must be at least 1 (got {self.k})")

@@ -28,13 +28,19 @@ SOLVERS = ("auto", "sklearn", "torch")
 
 @dataclass(frozen=True)
 class LinearConfig:
-    # Inverse regularisation strengths tried; cross-validation picks one.
+    """linear: a logistic-regression probe on frozen features, its L2 strength cross-validated."""
+
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    """Inverse regularisation strengths tried; cross-validation picks one."""
     folds: int = 3
+    """Stratified cross-validation folds (fewer when classes have too few samples, down to 2)."""
     solver: str = "auto"
-    # With solver: auto on the CPU, problems of more samples × feature dimensions than this use
-    # the torch solver (2e6: e.g. 4,000 samples of 512 dimensions).
+    """auto, sklearn (scikit-learn's lbfgs, refitted per C and fold) or torch (crdist's solver, the
+    C grid as one warm-started path, on the evaluation's GPU when it has one); auto = torch on a GPU
+    or above torch_above, sklearn otherwise."""
     torch_above: float = 2e6
+    """With solver: auto on the CPU, problems of more samples × feature dimensions than this use
+    the torch solver (2e6: e.g. 4,000 samples of 512 dimensions)."""
 
     def validate(self) -> None:
         require(len(self.c_grid) >= 1 and all(c > 0 for c in self.c_grid), "c_grid", "must list positive values")
