@@ -8,8 +8,9 @@ subprocess, timed from the command's start). The figures come from what every ru
 - ``logs/train/<method>-task<i>-rank0.log``: the worker's first line (``train_task`` entered: Ray
   Train's controller, worker group and torch process group are up) and its ``start`` event (model
   built, DeepSpeed engine made, checkpoint loaded: the first step is next);
-- ``checkpoints/<method>/c_<i>.train.json``: the training loop's own seconds;
-- ``eval/**.json``: each evaluation's seconds, ending at its journal ``finished``.
+- ``models/<method>/c_<i>.train.json``: the training loop's own seconds;
+- ``eval/**.json``: each evaluation's seconds, ending at its journal ``finished`` (an evaluation
+  taken from an earlier checkpoint with the same weights ran no job and is left out).
 
 A train job trains one method's tasks in the same worker processes. Each task's time is split into
 *start* (journal start → the worker's first line: Ray Train's controller, worker group and process
@@ -148,7 +149,8 @@ def _bare_rank(rank: int, world: int, config: str, shards: str, initial: str, ou
     from dataclasses import replace
 
     from crdist.study import load_study
-    from crdist.train.worker import TrainJob, train_task
+    from crdist.train.job import TrainJob
+    from crdist.train.worker import train_task
 
     study = load_study(config)
     study = replace(study, train=replace(study.train, max_steps=1))
@@ -309,7 +311,11 @@ def analyse(run_dir: Path, command_seconds: float | None = None) -> dict:
             switches.append(t.first_step - before.stat().st_mtime)
     switches.sort()
     figures["next_task_seconds_median"] = switches[len(switches) // 2] if switches else None
+    # The target's measure: the wall over the compute summed over jobs (jobs computing side by side
+    # count each). The same wall over the time anything computed (overlaps counted once) says how
+    # much of the wall nothing computed.
     figures["wall_over_compute"] = wall / max(figures["train_compute_seconds"] + figures["eval_seconds"], 1e-9)
+    figures["wall_over_computing_time"] = wall / max(figures["wall_with_either"], 1e-9)
     return figures
 
 
@@ -347,7 +353,8 @@ def _print(f: dict) -> None:
           f"({f['eval_during_training_seconds']:.1f} s of it while training computed)")
     print(f"  neither (start-up, idle)   {f['wall_with_neither']:8.1f} s   "
           f"({f['wall_with_neither'] / f['wall_seconds']:.0%} of the wall time)")
-    print(f"wall / (train + eval compute) = {f['wall_over_compute']:.2f}   (target ≤ 2)")
+    print(f"wall / (train + eval compute) = {f['wall_over_compute']:.2f}   (target ≤ 2; compute summed over jobs)")
+    print(f"wall / (time anything computed) = {f['wall_over_computing_time']:.2f}   (overlapping jobs counted once)")
     if f.get("ray_train_on_wall_seconds") is not None:
         print(f"without Ray Train's own cost per job ({f['ray_train_fixed_seconds']:.1f} s each, "
               f"{f['ray_train_on_wall_seconds']:.1f} s of the wall clock):")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from crdist.data.samples import count, take, to_device
-from crdist.train.usage import release_freed_memory
+from crdist.memory import release_freed_memory
 
 
 @torch.no_grad()

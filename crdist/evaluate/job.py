@@ -17,15 +17,15 @@ from crdist.atomic import write_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder
 from crdist.data.stream import read_split, stream_split
+from crdist.errors import CrdistError
 from crdist.evaluate.config import EvalConfig
 from crdist.evaluate.context import EvalContext
 from crdist.evaluate.protocols import PROTOCOLS
+from crdist.memory import peak_memory_bytes, reset_peak_memory
 from crdist.models.classifier import build_classifier
 from crdist.models.config import ModelConfig
 from crdist.models.weights import load_into
-from crdist.errors import CrdistError
 from crdist.seeding import derive_seed
-from crdist.train.usage import peak_memory_bytes, reset_peak_memory
 
 
 class EvalError(CrdistError, RuntimeError):

@@ -25,44 +25,44 @@ from crdist.errors import CrdistError
 from crdist.models.classifier import build_classifier
 from crdist.models.pretrained import load_init
 from crdist.models.weights import load_into, save_weights
-from crdist.orchestrate import pretrain
+from crdist.orchestrate import claim, pretrain
 from crdist.orchestrate.cluster import ray_cluster
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
 from crdist.orchestrate.leftovers import end_leftovers, end_processes, mark_environment, processes_of_run
-from crdist.orchestrate.rundir import RunDir
+from crdist.rundir import RunDir
 from crdist.orchestrate.scheduler import Scheduler, StudyError, StudyStopped, eval_count
 from crdist.track.fanout import Tracking
 from crdist.track.history import marker as tracking_marker
 from crdist.track.scalars import Plan
 
 
-def run_study(study, config_source: str, address: str | None = None, run_dir: Path | None = None):
+def run_study(study, config_source: str, address: str | None = None, directory: Path | None = None):
     """Run every job of ``study`` that is not done yet and write its report; returns its summary."""
-    run = RunDir(run_dir or Path(study.runs_dir) / study.name)
-    with run.driven(), _own_processes(run) as ended:
-        return _drive(study, config_source, address, run, ended)
+    run_dir = RunDir(directory or Path(study.runs_dir) / study.name)
+    with claim.hold(run_dir), _own_processes(run_dir) as ended:
+        return _drive(study, config_source, address, run_dir, ended)
 
 
 @contextmanager
-def _own_processes(run: RunDir):
+def _own_processes(run_dir: RunDir):
     """Mark the processes of this driver's embedded Ray cluster as this run's; end those an earlier,
     killed driver of the run left behind, and this driver's own stragglers when it ends (see
     ``leftovers``)."""
     saved = dict(os.environ)
-    token = mark_environment(run.root)
+    token = mark_environment(run_dir.root)
     try:
-        yield end_leftovers(run.root, token)
+        yield end_leftovers(run_dir.root, token)
     finally:
-        end_processes(processes_of_run(run.root))
+        end_processes(processes_of_run(run_dir.root))
         os.environ.clear()
         os.environ.update(saved)
 
 
-def _drive(study, config_source: str, address: str | None, run: RunDir, leftovers: list[int]):
-    resumed = run.open(study)
-    console = Console(run.logs)
-    journal = Journal(run.journal)
+def _drive(study, config_source: str, address: str | None, run_dir: RunDir, leftovers: list[int]):
+    resumed = claim.admit(run_dir, study)
+    console = Console(run_dir.logs)
+    journal = Journal(run_dir.journal)
     journal.record_run_start(resumed)
     if leftovers:
         console.print(f"ray    ended {len(leftovers)} process(es) that an earlier, killed driver of this run left "
@@ -72,10 +72,10 @@ def _drive(study, config_source: str, address: str | None, run: RunDir, leftover
     try:
         with signals:
             console.print(
-                f"crdist run {study.name}: config {config_source} → {run.root}{' (continuing)' if resumed else ''}"
+                f"crdist run {study.name}: config {config_source} → {run_dir.root}{' (continuing)' if resumed else ''}"
             )
-            tracking = Tracking.open(study.tracking, study.name, run, console.print)
-            summary = _run(study, run, address, console, journal, signals, tracking)
+            tracking = Tracking.open(study.tracking, study.name, run_dir, console.print)
+            summary = _run(study, run_dir, address, console, journal, signals, tracking)
             outcome = "finished"
             return summary
     except KeyboardInterrupt:  # a second Ctrl-C
@@ -97,21 +97,21 @@ def _drive(study, config_source: str, address: str | None, run: RunDir, leftover
         console.close()
 
 
-def _run(study, run: RunDir, address: str | None, console: Console, journal: Journal, signals: "_StopOnSignals",
+def _run(study, run_dir: RunDir, address: str | None, console: Console, journal: Journal, signals: "_StopOnSignals",
          tracking: Tracking | None):
     from crdist.report.write import write_report
 
     train = study.train
     manifest = prepare(study.data, log=lambda line: console.print(f"data   {line}"))
     _check_modality(study, manifest)
-    manifest.save(run.root)  # a copy, so the report can be rebuilt from the run directory alone
+    manifest.save(run_dir.root)  # a copy, so the report can be rebuilt from the run directory alone
     console.print(f"data   {_describe_stream(manifest)}")
     steps = _steps_per_task(study, manifest)
-    _feed_trackers(tracking, steps, run, console)
+    _feed_trackers(tracking, steps, run_dir, console)
     # c_0, once written, is the run's source of truth: a resumed run needs no pretrain stage.
-    pretraining = pretrain.plan(study, manifest, console.print) if not run.weights(None, 0).is_file() else None
+    pretraining = pretrain.plan(study, manifest, console.print) if not run_dir.weights(None, 0).is_file() else None
     if pretraining is None:
-        _write_initial_model(study, manifest, run, console)
+        _write_initial_model(study, manifest, run_dir, console)
     console.print(
         f"plan   {len(train.methods)} method(s) [{', '.join(train.methods)}] × {len(manifest.tasks)} tasks = "
         f"{len(train.methods) * len(manifest.tasks)} train tasks of {_describe_steps(steps)} "
@@ -124,32 +124,32 @@ def _run(study, run: RunDir, address: str | None, console: Console, journal: Jou
         signals.reinstall()
         if not train.use_gpu:
             _build_deepspeed_cpu_ops(console)
-        scheduler = Scheduler(study, run, manifest, console, journal)
+        scheduler = Scheduler(study, run_dir, manifest, console, journal)
         signals.scheduler = scheduler
         try:
             if pretraining is not None:
                 pretrain.train(pretraining, scheduler, console, journal)
-                _write_initial_model(study, manifest, run, console, pretraining)
-            scheduler.run()
+                _write_initial_model(study, manifest, run_dir, console, pretraining)
+            scheduler.run_jobs()
         finally:
             signals.scheduler = None
-    summary = write_report(run, study, manifest)
+    summary = write_report(run_dir, study, manifest)
     journal.record("report")
     console.record({"kind": "report", "tasks": len(manifest.tasks), "metrics": summary.metrics})
-    console.print(f"done   study finished in {console.elapsed():.0f} s; report in {run.report}")
+    console.print(f"done   study finished in {console.elapsed():.0f} s; report in {run_dir.report}")
     console.plain(summary.table)
     return summary
 
 
-def _feed_trackers(tracking: Tracking | None, steps: dict, run: RunDir, console: Console) -> None:
+def _feed_trackers(tracking: Tracking | None, steps: dict, run_dir: RunDir, console: Console) -> None:
     """Catch the trackers up from events.jsonl and hand them every event from now on. The file
     notes which trackers each driver run feeds (none too): how a later run knows what they hold."""
     if tracking is None:
         console.record(tracking_marker([]))
         return
-    tracking.begin(Plan(steps), run.logs / "events.jsonl", console.record)
+    tracking.begin(Plan(steps), run_dir.logs / "events.jsonl", console.record)
     console.follow(tracking.record)
-    console.print(f"track  {', '.join(tracking.labels()) or 'no tracker'} → {run.tracking}")
+    console.print(f"track  {', '.join(tracking.labels()) or 'no tracker'} → {run_dir.tracking}")
 
 
 def _check_modality(study, manifest: Manifest) -> None:
@@ -249,9 +249,9 @@ class _StopOnSignals:
         self.scheduler.stop_signal = name  # acted on by the scheduler's loop
 
 
-def _write_initial_model(study, manifest: Manifest, run: RunDir, console: Console,
+def _write_initial_model(study, manifest: Manifest, run_dir: RunDir, console: Console,
                          pretraining: pretrain.Pretraining | None = None) -> None:
-    path = run.weights(None, 0)
+    path = run_dir.weights(None, 0)
     model = build_classifier(study.model, manifest.in_channels, manifest.num_classes, study.seed,
                              image_size=manifest.image_size)
     source = f"random (seed {study.seed})"

@@ -60,19 +60,23 @@ class PretrainError(CrdistError, RuntimeError):
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    # Optimizer steps on the source stream; 0 = no pretrain stage (c_0 is model.init or random).
+    """An optional pretrain stage on a source stream before T1: its result is c_0."""
+
     steps: int = 0
-    # The source stream, a data: section of its own (any benchmark crdist prepares). Its tasks are
-    # trained on together; hold back classes or domains of the study's own dataset with its
-    # class_order / tasks options.
+    """Optimizer steps on the source stream; 0 = no pretrain stage (c_0 is model.init or random)."""
     data: DataConfig = field(default_factory=DataConfig)
-    lr: float | None = None  # null = train.lr
-    batch_size: int | None = None  # per worker; null = train.batch_size
-    # Seeds the source head, the stream's order and the training; fixed by default, so every seed
-    # of a sweep starts from the same pretrained backbone (as from a published checkpoint).
+    """The source stream, a data: section of its own (any benchmark crdist prepares). Its tasks are
+    trained on together; hold back classes or domains of the study's own dataset with its
+    class_order / tasks options."""
+    lr: float | None = None
+    """Peak learning rate of the pretrain stage; null = train.lr."""
+    batch_size: int | None = None
+    """Samples per worker per micro-batch; null = train.batch_size."""
     seed: int = 0
-    # Where pretrained starts are kept, one directory per fingerprint, shared by runs and sweeps.
+    """Seeds the source head, the stream's order and the training; fixed by default, so every seed
+    of a sweep starts from the same pretrained backbone (as from a published checkpoint)."""
     dir: str = "pretrained"
+    """Where pretrained starts are kept, one directory per fingerprint, shared by runs and sweeps."""
 
     def validate(self) -> None:
         require(self.steps >= 0, "steps", f"must be 0 (no pretrain stage) or more (got {self.steps})")
@@ -157,7 +161,7 @@ def _train_job(stage: Pretraining):
     from crdist.models.classifier import build_classifier
     from crdist.models.pretrained import load_init
     from crdist.models.weights import save_weights
-    from crdist.train.worker import TrainJob
+    from crdist.train.job import TrainJob
 
     study, manifest, directory = stage.study, stage.manifest, stage.directory
     start = directory / "start.safetensors"

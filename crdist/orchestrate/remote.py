@@ -13,9 +13,9 @@ import ray
 def fit_train_job(jobs, progress, stop, storage, run_name) -> dict:
     """Runs a method's Ray Train job (its tasks in order) from inside a task, so several jobs can be
     in flight at once."""
-    from crdist.train.job import fit
+    from crdist.train.ray_train import fit_on_ray_train
 
-    return fit(jobs, progress, stop, storage, run_name)
+    return fit_on_ray_train(jobs, progress, stop, storage, run_name)
 
 
 @ray.remote(num_cpus=0, max_retries=0)

@@ -26,8 +26,8 @@ from crdist.errors import CrdistError
 from crdist.evaluate.job import EvalJob
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
-from crdist.orchestrate.rundir import RunDir
-from crdist.train.worker import TrainJob
+from crdist.rundir import RunDir
+from crdist.train.job import TrainJob
 
 
 class StudyError(CrdistError, RuntimeError):
@@ -59,7 +59,10 @@ def eval_count(study, manifest: Manifest) -> int:
 
 
 class Scheduler:
-    def __init__(self, study, run: RunDir, manifest: Manifest, console: Console, journal: Journal):
+    """Runs a study's jobs on Ray (``run_jobs``): one train job per method, an eval job per
+    (checkpoint, task) as soon as the checkpoint exists, as many at once as the cluster holds."""
+
+    def __init__(self, study, run_dir: RunDir, manifest: Manifest, console: Console, journal: Journal):
         import ray
         from ray.util.queue import Queue
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -67,7 +70,7 @@ class Scheduler:
         from crdist.orchestrate.remote import StopFlag
 
         self.study = study
-        self.run_dir = run
+        self.run_dir = run_dir
         self.manifest = manifest
         self.console = console
         self.journal = journal
@@ -97,7 +100,7 @@ class Scheduler:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run_jobs(self) -> None:
         import ray
 
         for task in range(1, self.tasks + 1):

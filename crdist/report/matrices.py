@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 from crdist.errors import CrdistError
-from crdist.orchestrate.rundir import RunDir
+from crdist.rundir import RunDir
 
 
 class ReportError(CrdistError, RuntimeError):
     pass
 
 
-def collect(run: RunDir, methods: list[str], protocols: list[str], tasks: int) -> dict[tuple[str, str], list[list[float]]]:
+def collect(run_dir: RunDir, methods: list[str], protocols: list[str], tasks: int) -> dict[tuple[str, str], list[list[float]]]:
     """{(method, protocol): (T+1) × T matrix}; row 0 is the shared initial model c_0."""
     matrices = {}
     missing = []
@@ -21,7 +21,7 @@ def collect(run: RunDir, methods: list[str], protocols: list[str], tasks: int) -
         for i in range(tasks + 1):
             cells = {p: [] for p in protocols}
             for j in range(1, tasks + 1):
-                path = run.evaluation(method, i, j)
+                path = run_dir.evaluation(method, i, j)
                 if not path.is_file():
                     missing.append(str(path))
                     continue
@@ -39,14 +39,14 @@ def collect(run: RunDir, methods: list[str], protocols: list[str], tasks: int) -
     return matrices
 
 
-def draws(run: RunDir, method: str, protocol: str, tasks: int) -> list[list[list[float]]] | None:
+def draws(run_dir: RunDir, method: str, protocol: str, tasks: int) -> list[list[list[float]]] | None:
     """Each cell's accuracies over its protocol's seeded draws (``evaluate.finetune.repeats``), as
     its evaluation recorded them; None for a protocol that makes no such draws."""
     cells = []
     for i in range(tasks + 1):
         row = []
         for j in range(1, tasks + 1):
-            details = json.loads(run.evaluation(method, i, j).read_text()).get("details", {}).get(protocol, {})
+            details = json.loads(run_dir.evaluation(method, i, j).read_text()).get("details", {}).get(protocol, {})
             if "repeats" not in details:
                 return None
             row.append(details["repeats"])

@@ -265,9 +265,9 @@ def write_paired_plots(paired: Paired, out: Path, title: str) -> list[str]:
 
 
 def _plot(paired: Paired, protocol: str, path: Path, title: str) -> None:
-    from crdist.report.aggregate import _pyplot
+    from crdist.report.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     by_metric = {m: paired.of(protocol, [m]) for m in PLOTTED_METRICS}
     count = max(len(cs) for cs in by_metric.values())
     fig, axes = plt.subplots(1, len(PLOTTED_METRICS), figsize=(max(7.0, 2.0 + 1.1 * count * len(PLOTTED_METRICS)), 4.4))

@@ -1,15 +1,23 @@
-"""Heatmap of one accuracy matrix (rows: checkpoints c_0..c_T, columns: tasks 1..T)."""
+"""Plotting: matplotlib without a display, and the heatmap of one accuracy matrix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def heatmap(matrix: list[list[float]], title: str, path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only: no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap(matrix: list[list[float]], title: str, path: Path) -> None:
+    """One accuracy matrix (rows: checkpoints c_0..c_T, columns: tasks 1..T) as a PNG."""
+    plt = pyplot()
 
     rows, cols = len(matrix), len(matrix[0])
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * cols, 1.0 + 0.6 * rows))

@@ -120,9 +120,9 @@ def write_scaling_plots(rows: list[dict], protocols: list[str], out: Path, title
 
 
 def _plot(path: Path, lines, rows: list[dict], name_at, ylabel: str, title: str, log_y: bool) -> None:
-    from crdist.report.aggregate import _pyplot
+    from crdist.report.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, xs, spreads in lines:
         ax.errorbar(xs, [s.mean for s in spreads], yerr=[s.std or 0.0 for s in spreads], marker="o", capsize=3,

@@ -10,7 +10,7 @@ from pathlib import Path
 from crdist.atomic import atomic_path, write_json, write_text
 from crdist.data.manifest import Manifest
 from crdist.evaluate.metrics import summarize
-from crdist.orchestrate.rundir import RunDir
+from crdist.rundir import RunDir
 from crdist.report.matrices import collect, draws
 from crdist.report.plots import heatmap
 
@@ -30,10 +30,10 @@ class ReportSummary:
     table: str  # the comparison, as printed on the terminal
 
 
-def write_report(run: RunDir, study, manifest: Manifest) -> ReportSummary:
+def write_report(run_dir: RunDir, study, manifest: Manifest) -> ReportSummary:
     methods, protocols, tasks = study.train.methods, study.evaluate.protocols, len(manifest.tasks)
-    matrices = collect(run, methods, protocols, tasks)
-    out = run.report
+    matrices = collect(run_dir, methods, protocols, tasks)
+    out = run_dir.report
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict = {m: {} for m in methods}
     for (method, protocol), matrix in matrices.items():
@@ -46,7 +46,7 @@ def write_report(run: RunDir, study, manifest: Manifest) -> ReportSummary:
             "columns": [f"task {j}" for j in range(1, tasks + 1)],
             "accuracy": matrix,
         }
-        document.update(_within_cell(draws(run, method, protocol, tasks)))
+        document.update(_within_cell(draws(run_dir, method, protocol, tasks)))
         write_json(out / f"{stem}.json", document)
         with atomic_path(out / f"{stem}.png") as tmp:
             heatmap(matrix, f"{study.name}: {method}, {protocol}", tmp)

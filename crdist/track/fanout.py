@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from crdist.errors import CrdistError
-from crdist.orchestrate.rundir import RunDir
+from crdist.rundir import RunDir
 from crdist.track.config import TrackingConfig
 from crdist.track.history import Event, backlog, marker, read_events
 from crdist.track.scalars import Plan, Scalar, scalars_of
@@ -62,7 +62,7 @@ class Tracking:
         self.next_number = 1
 
     @classmethod
-    def open(cls, config: TrackingConfig, run_name: str, run: RunDir, warn: Callable[[str], None]) -> "Tracking | None":
+    def open(cls, config: TrackingConfig, run_name: str, run_dir: RunDir, warn: Callable[[str], None]) -> "Tracking | None":
         """The trackers ``config`` turns on, opened; None when it turns none on. Raises
         TrackingError when one's package is missing; one that fails otherwise is left out, with a
         warning."""
@@ -71,14 +71,14 @@ class Tracking:
         trackers = []
         try:
             for key in config.enabled():
-                tracker = _open_one(key, config, run_name, run, warn)
+                tracker = _open_one(key, config, run_name, run_dir, warn)
                 if tracker is not None:
                     trackers.append(tracker)
         except BaseException:
             for tracker in trackers:
                 tracker.close("failed")
             raise
-        return cls(trackers, run.report, warn)
+        return cls(trackers, run_dir.report, warn)
 
     def keys(self) -> list[str]:
         return [feed.tracker.key for feed in self.feeds]
@@ -147,8 +147,8 @@ class Tracking:
             return False
 
 
-def _open_one(key: str, config: TrackingConfig, run_name: str, run: RunDir, warn) -> Tracker | None:
-    directory = run.tracking
+def _open_one(key: str, config: TrackingConfig, run_name: str, run_dir: RunDir, warn) -> Tracker | None:
+    directory = run_dir.tracking
     try:
         if key == "tensorboard":
             from crdist.track.tensorboard import TensorBoardTracker
@@ -158,10 +158,10 @@ def _open_one(key: str, config: TrackingConfig, run_name: str, run: RunDir, warn
             from crdist.track.mlflow import MLflowTracker
 
             uri = config.mlflow_uri or (directory / "mlflow").resolve().as_uri()
-            return MLflowTracker(uri, config.mlflow_experiment, run_name, run.root)
+            return MLflowTracker(uri, config.mlflow_experiment, run_name, run_dir.root)
         from crdist.track.wandb import WandbTracker
 
-        return WandbTracker(directory, config.wandb_project, run_name, run.root)
+        return WandbTracker(directory, config.wandb_project, run_name, run_dir.root)
     except ImportError as err:
         raise TrackingError(
             f"tracking.{key} is on, but {key} cannot be imported ({err}); "

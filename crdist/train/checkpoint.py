@@ -19,6 +19,7 @@ import base64
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,9 +30,11 @@ from pathlib import Path
 
 import torch
 
-from crdist.atomic import fsync_dir, write_json, write_text
+from crdist.atomic import atomic_path, fsync_dir, write_json, write_text
 from crdist.config import require
 from crdist.errors import CrdistError
+
+log = logging.getLogger("crdist.train")
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -44,16 +47,19 @@ class CheckpointError(CrdistError, RuntimeError):
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    # Save every N steps (0 = never by step count) and/or every M minutes (0 = never by time).
+    """When a train job saves its periodic checkpoints (model, optimizer, method state, data position)."""
+
     every_steps: int = 50
+    """Save every N steps (0 = never by step count); with every_minutes, whichever comes first."""
     every_minutes: float = 0.0
-    # Complete checkpoints kept per task (older ones are deleted once a newer one is complete).
+    """Save every M minutes (0 = never by time)."""
     keep: int = 2
-    # After SIGTERM to the driver: how long running train jobs get to checkpoint and stop.
+    """Complete checkpoints kept per task (older ones are deleted once a newer one is complete)."""
     grace_seconds: float = 60.0
-    # Checkpoint at once when Ray says a node of the job is being preempted (drained); the workers
-    # look for that notice every this many seconds (0 = never).
+    """After SIGTERM to the driver: how long running train jobs get to checkpoint and stop."""
     preemption_poll_seconds: float = 2.0
+    """Checkpoint at once when Ray says a node of the job is being preempted (drained); the workers
+    look for that notice every this many seconds (0 = never)."""
 
     def validate(self) -> None:
         require(self.every_steps >= 0, "every_steps", f"must be non-negative, 0 = off (got {self.every_steps})")
@@ -242,6 +248,34 @@ class JobLock:
 
 
 _STEP = re.compile(r"step-\d{6}")
+
+
+def save_method_state(directory: str | Path, rank: int, state: dict) -> None:
+    """The state a method carries out of a task (replay buffers, importances): one file per rank,
+    ``<directory>/rank-<r>.pt``, written before the task's weights (which mean "done")."""
+    with atomic_path(Path(directory) / f"rank-{rank}.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_method_state(directory: str | None, rank: int, world: int, reshard=None) -> dict | None:
+    """The state a method carried out of the previous task on this rank; None when it kept none.
+    Written by another number of workers, every old rank's state is read and ``reshard(states)``
+    gives the new ranks'."""
+    if directory is None or not Path(directory).is_dir():
+        return None
+    written_by = len(list(Path(directory).glob("rank-*.pt")))
+    if written_by == 0:
+        return None
+    paths = [Path(directory) / f"rank-{r}.pt" for r in range(written_by)]
+    if not all(p.is_file() for p in paths):
+        raise CheckpointError(f"{directory}: the method's state files are not rank-0 … rank-{written_by - 1}")
+    if written_by == world:
+        return torch.load(paths[rank], weights_only=True)
+    if reshard is None:
+        raise CheckpointError(f"{directory}: the method's state was written by {written_by} workers; continue with "
+                              f"train.workers={written_by}")
+    log.info("%s: the method's state of %d workers re-sharded for %d", directory, written_by, world)
+    return reshard([torch.load(p, weights_only=True) for p in paths])[rank]
 
 
 def load_resharded(engine, checkpoint: Path, written_by: int) -> None:

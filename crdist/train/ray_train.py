@@ -19,7 +19,8 @@ import logging
 import os
 from pathlib import Path
 
-from crdist.train.worker import TrainJob, train_tasks
+from crdist.train.job import TrainJob
+from crdist.train.worker import train_tasks
 
 log = logging.getLogger("crdist.train")
 
@@ -45,7 +46,7 @@ def _train_loop_per_worker(config: dict) -> None:
     train_tasks(jobs, report=report, stop_flag=config["stop"], preemption_info=ray.train.get_preemption_info)
 
 
-def fit(jobs: list[TrainJob], progress, stop, storage: Path, run_name: str) -> dict:
+def fit_on_ray_train(jobs: list[TrainJob], progress, stop, storage: Path, run_name: str) -> dict:
     """Train ``jobs`` (one method's tasks, in order) on the connected Ray cluster. Returns
     ``{"stopped": True}`` when they stopped early on request (the task then training checkpointed,
     its weights not written), else ``{"stopped": False}``; each task's summary is on disk beside

@@ -13,7 +13,8 @@ from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
 from crdist.train.checkpoint import COMPLETE, LATEST, TaskCheckpoints
-from crdist.train.worker import TrainJob, train_task
+from crdist.train.job import TrainJob
+from crdist.train.worker import train_task
 from tests.helpers import study
 
 

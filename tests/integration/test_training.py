@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
-from crdist.train.worker import TrainJob, train_task, train_tasks
+from crdist.train.job import TrainJob
+from crdist.train.worker import train_task, train_tasks
 from tests.helpers import study
 
 
@@ -23,9 +24,11 @@ def _rank_main(rank: int, job: TrainJob, port: int, events_path: str) -> None:
             json.dump(events, f)
 
 
-def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, **train) -> tuple[list[dict], TrainJob]:
+def train_on_two_ranks(tmp_path, shards, method: str, probe_fraction=1.0, model=None,
+                       **train) -> tuple[list[dict], TrainJob]:
     cfg = study(
         data={"shards": str(shards)},
+        model=model or {},
         train={"methods": [method], "log_every": 1, **train},
         lpft={"probe_fraction": probe_fraction, "probe_lr": 0.01},
     )
@@ -58,6 +61,22 @@ def test_zero2_through_accelerate_trains_two_processes_and_the_loss_goes_down(tm
     assert summary["flops_per_sample"] == 3 * 2 * (9 * 32 * 64 + 9 * 32 * 64 * 64 + 9 * 64 * 128 * 16 + 128 * 10)
     assert summary["mfu"] is None  # CPU
     assert summary["parameters"] == sum(t.numel() for k, t in after.items() if "running" not in k and "num_batches" not in k)
+
+
+def test_a_per_task_head_trains_only_the_logits_of_the_tasks_classes(tmp_path, digits_shards, deepspeed_cpu_op):
+    # Every loss er computes on task 1 sees task 1's logits only, so the head's rows of the other
+    # classes get no gradient and, with AdamW and no weight decay, stay exactly as in c_0.
+    from crdist.data.manifest import Manifest
+
+    events, job = train_on_two_ranks(tmp_path, digits_shards, "er", model={"head": "per_task"}, zero_stage=2,
+                                     max_steps=8)
+    assert len(events) == 8
+    own = list(Manifest.load(digits_shards).task(1).classes)
+    before, after = load_weights(job.init_weights), load_weights(job.output)
+    for name in ("head.weight", "head.bias"):
+        others = [c for c in range(10) if c not in own]
+        assert torch.equal(before[name][others], after[name][others]), name
+        assert not torch.equal(before[name][own], after[name][own]), name
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])

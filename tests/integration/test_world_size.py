@@ -12,7 +12,8 @@ from accelerate.state import AcceleratorState, GradientState
 from crdist.bench.ranks import free_port, rank_environment
 from crdist.models.classifier import build_classifier
 from crdist.models.weights import load_weights, save_weights
-from crdist.train.worker import TrainJob, train_task
+from crdist.train.job import TrainJob
+from crdist.train.worker import train_task
 from tests.helpers import study
 
 DETERMINISTIC = ["sgd", "lpft", "si", "ewc", "joint"]  # replay methods draw from per-rank buffers

@@ -339,10 +339,11 @@ def test_verify_pointed_at_a_run_directory_checks_the_shards_it_names(tmp_path, 
     import subprocess
     import sys
 
-    from crdist.orchestrate.rundir import RunDir
+    from crdist.orchestrate.claim import admit
+    from crdist.rundir import RunDir
 
     run = RunDir(tmp_path / "runs" / "demo")
-    run.open(study(data={"shards": str(digits_shards)}))
+    admit(run, study(data={"shards": str(digits_shards)}))
     Manifest.load(digits_shards).save(run.root)  # as the driver keeps a copy
     result = subprocess.run([sys.executable, "-m", "crdist", "prepare", "--verify", str(run.root)],
                             capture_output=True, text=True)

@@ -75,7 +75,7 @@ def test_a_source_the_backbone_cannot_take_is_refused(tmp_path, digits_shards):
 
 def test_without_steps_there_is_no_stage_and_its_settings_change_no_result(tmp_path, digits_shards):
     from crdist import config
-    from crdist.orchestrate.rundir import _results_part
+    from crdist.orchestrate.claim import _results_part
 
     assert planned(tmp_path, digits_shards, pretrain__steps=0) is None
     off = config.to_dict(study())

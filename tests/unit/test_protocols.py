@@ -157,7 +157,7 @@ _EVAL_IN_A_FRESH_PROCESS = """
 import json, pickle, sys
 from pathlib import Path
 from crdist.evaluate.job import run_eval_job
-from crdist.train.usage import peak_memory_bytes
+from crdist.memory import peak_memory_bytes
 import torch
 job = pickle.loads(Path(sys.argv[1]).read_bytes())
 # what the process holds before the evaluation (torch, crdist, the allocator's arenas)

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from crdist.config import ConfigError
-from crdist.report.aggregate import RunResult, aggregate, spread, write_aggregate
+from crdist.report.aggregate import RunResult, aggregate, spread
+from crdist.report.sweep_report import write_sweep_report
 from crdist.sweep import load_sweep
 from tests.helpers import ROOT
 
@@ -74,7 +75,7 @@ def test_the_scaling_table_gives_each_backbone_its_costs_per_run_then_over_seeds
     ]
     agg = aggregate(results, ["model.backbone", "seed"])
     out = tmp_path / "report"
-    text = write_aggregate(agg, out, "scaling", results)
+    text = write_sweep_report(agg, out, "scaling", results)
     rows = {r["group"]["model.backbone"]: r for r in json.loads((out / "metrics.json").read_text())["scaling"]}
     cnn = rows["cnn"]
     # per run: seconds 15 and 35 → 25 ± √200; samples/s 150 and 350 → 250 ± √20000; peak: the largest

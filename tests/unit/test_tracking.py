@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from crdist.config import ConfigError
+from crdist.orchestrate.claim import admit
 from crdist.orchestrate.console import Console
-from crdist.orchestrate.rundir import RunDir
+from crdist.rundir import RunDir
 from crdist.track.config import TrackingConfig
 from crdist.track.fanout import Tracking, TrackingError
 from crdist.track.history import read_events
@@ -344,5 +345,5 @@ def test_the_tracking_section_is_checked_and_may_change_when_a_run_resumes(tmp_p
     with pytest.raises(ConfigError, match=r"tracking\.tensorbord: unknown key .*did you mean 'tracking\.tensorboard'"):
         study(tracking={"tensorbord": True})
     run = RunDir(tmp_path / "run")
-    assert run.open(study()) is False
-    assert run.open(study(tracking={"tensorboard": True, "mlflow": True})) is True  # where progress goes only
+    assert admit(run, study()) is False
+    assert admit(run, study(tracking={"tensorboard": True, "mlflow": True})) is True  # where progress goes only
