@@ -51,7 +51,11 @@ def bench_resume(config: Path, overrides: list[str], failures: int, seed: int, r
                 total = wait_for(lambda: _steps_of(run_dir, method, failure.task), 900, f"task {failure.task}",
                                  alive=process)
                 after = max(last_step(run_dir, method, failure.task), _resumed_step(run_dir, method, failure.task))
-                failure.target_step = min(total - 1, max(after + 1, int(total * rng.uniform(0.3, 0.8))))
+                # The kill follows the progress event of the aimed step, which reaches events.jsonl
+                # up to a second late: aim early enough that the task is still training when it
+                # lands (at least two checkpoint intervals before its end).
+                latest = max(after + 1, total - 1 - 2 * study.checkpoint.every_steps)
+                failure.target_step = min(latest, max(after + 1, int(total * rng.uniform(0.3, 0.8))))
                 wait_for(lambda: last_step(run_dir, method, failure.task) >= failure.target_step, 900,
                          f"step {failure.target_step} of task {failure.task}", interval=0.01, alive=process)
                 failure.killed_at = kill(worker_pid(run_dir, method, failure.task, failure.rank))

@@ -27,7 +27,7 @@ import torch
 # objective. Under weak regularisation the objective itself is small (0.004 at C = 100 on digits),
 # and 1e-5 stops there 0.25 % above the minimum (4 of 1,197 test predictions differ from
 # scikit-learn's); 1e-6 reaches it within 0.004 %, but made a 20,000 × 2,048 × 100 probe cost
-# about 1.5× as much, no faster than scikit-learn (README, "bench eval").
+# about 1.5× as much, no faster than scikit-learn (docs/performance.md, "crdist bench eval").
 GRADIENT_TOLERANCE = 1e-5
 MAX_ITERATIONS = 1000
 

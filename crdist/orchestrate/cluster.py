@@ -49,7 +49,7 @@ def _quiet_worker_startup_notices() -> None:
 
 
 def quiet_token_notice(record: logging.LogRecord) -> bool:
-    # Ray announces on every start that token authentication is on; it stays on (see README).
+    # Ray announces on every start that token authentication is on; it stays on (docs/distributed.md).
     return "Token authentication is enabled" not in record.getMessage()
 
 

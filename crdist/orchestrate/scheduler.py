@@ -4,7 +4,7 @@
     eval(c_i, j) for every task j, as soon as c_i exists  (overlaps training of task i+1)
 
 A method's chain is one Ray Train job whose workers train its tasks one after another
-(``crdist/train/job.py``); the driver sees task i done when c_i's weights appear (written last,
+(``crdist/train/ray_train.py``); the driver sees task i done when c_i's weights appear (written last,
 atomically) and starts its evaluations while the workers go on to task i+1. In the journal each
 task is still a job of its own: ``train/<method>/<i>`` started, finished or stopped.
 
@@ -27,7 +27,7 @@ from crdist.evaluate.job import EvalJob
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
 from crdist.rundir import RunDir
-from crdist.train.job import TrainJob
+from crdist.train.job import TaskResult, TrainJob, summary_path
 
 
 class StudyError(CrdistError, RuntimeError):
@@ -158,7 +158,7 @@ class Scheduler:
             output = self.run_dir.weights(method, task)
             self.console.print(f"train  {method} task {task}/{self.tasks}: already done, reusing "
                                f"{output.relative_to(self.run_dir.root)}")
-            self._journal_finished_if_new(self._train_job(method, task), **self._train_summary(method, task))
+            self._journal_finished_if_new(self._train_job(method, task), lambda: self._train_summary(method, task))
             self.trained(method, task)
             task += 1
         if task > self.tasks or self.stop_deadline is not None:
@@ -303,17 +303,17 @@ class Scheduler:
         # evaluations left may take every CPU.
         return max(1, math.floor(spare / self.study.evaluate.cpus))
 
-    def _journal_finished_if_new(self, job: _Job, **fields) -> None:
+    def _journal_finished_if_new(self, job: _Job, fields=lambda: {}) -> None:
         # Output written but never journalled: the driver died between the two (a train job's kept
         # workers can finish a task in the half second before the driver's next look).
         if job.key not in self.finished_before:
-            self.journal.record("finished", job.key, recovered=True, **fields)
+            self.journal.record("finished", job.key, recovered=True, **fields())
 
     def _train_summary(self, method: str, task: int) -> dict:
         """What the journal keeps of a trained task, read from the summary its workers wrote beside
         c_i: whichever driver finds c_i journals the same."""
-        result = json.loads(self.run_dir.weights(method, task).with_suffix(".train.json").read_text())
-        return {"steps": result["steps"], "resumed_from": result["resumed_from"]}
+        result = TaskResult.read(self.run_dir.weights(method, task))
+        return {"steps": result.steps, "resumed_from": result.resumed_from}
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -330,8 +330,8 @@ class Scheduler:
         """The train job's current task is done: journal it, start its evaluations, and move the job
         on to the task its workers are training next."""
         method, task = job.method, job.task
-        result = json.loads(self.run_dir.weights(method, task).with_suffix(".train.json").read_text())
-        self.journal.record("finished", job.key, **self._train_summary(method, task))
+        result = json.loads(summary_path(self.run_dir.weights(method, task)).read_text())
+        self.journal.record("finished", job.key, steps=result["steps"], resumed_from=result["resumed_from"])
         self.console.print(
             f"train  {job.label} done: {result['steps']} steps"
             + (f" (resumed at step {result['resumed_from']})" if result["resumed_from"] else "")

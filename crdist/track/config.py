@@ -8,8 +8,7 @@ from crdist.config import require
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Which experiment trackers the driver feeds; each writes under <run>/tracking/. See README,
-    "Experiment trackers"."""
+    """Which experiment trackers the driver feeds; each writes under <run>/tracking/ (docs/tracking.md)."""
 
     tensorboard: bool = False
     """TensorBoard event files in <run>/tracking/tensorboard."""

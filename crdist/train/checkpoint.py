@@ -11,6 +11,10 @@ directory holding ``COMPLETE`` (``latest`` is a convenience for people and tools
 behind after a kill). Deleting renames first, so a half-deleted checkpoint never looks complete.
 The files are crdist's own: DeepSpeed reads its part with ``torch.load`` (pickle), so load only
 checkpoints from a run directory you trust.
+
+A method's state at the end of a task (replay buffers, importances) is saved here too, per rank,
+beside the task's weights (``models/<method>/c_<i>.state/rank-<r>.pt``: ``save_method_state``,
+``load_method_state``), for the next task to start from.
 """
 
 from __future__ import annotations

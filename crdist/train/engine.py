@@ -42,7 +42,7 @@ os.environ.setdefault(
 # distance 1e9), and one optimizer sub-group for the whole partition (whose fp64 grad-norm copy and
 # AdamW temporaries are partition-sized). With them, ViT-B/16 on 2 CPU ranks peaked at 1.50× ZeRO-0's
 # memory above the idle process; with these (and the two fixes below) at 0.57×, with bit-identical
-# losses and weights. Figures: README, "Large backbones".
+# losses and weights. Figures: docs/distributed.md, "Large backbones".
 ZERO3_CPU = {
     "reduce_bucket_size": 5_000_000,
     "stage3_prefetch_bucket_size": 5_000_000,

@@ -15,7 +15,7 @@ tensor that AdamW then advances once per group. So crdist re-shards the checkpoi
    ``group`` names) stay the new engine's own.
 
 Loaded state equals the saved state bit for bit; training on continues as the uninterrupted run
-does up to the order of floating-point sums (README, "Failures, preemption and resume"). The
+does up to the order of floating-point sums (docs/failures.md). The
 files are DeepSpeed's pickles: read only checkpoints from a run directory you trust.
 """
 

@@ -1,4 +1,4 @@
-"""Small datasets laid out exactly like the real ones (see shared datasets.md), for the readers.
+"""Small datasets laid out exactly like the real ones (docs/benchmarks.md, "The streams"), for the readers.
 
 Each builder writes its files under ``root`` and returns what a test needs to check the result
 (the source pixels or texts, by the key the sample will carry).

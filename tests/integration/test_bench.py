@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-SMALL = ["data.tasks=2", f"data.shards={{shards}}"]
+SMALL = ["data.tasks=2", "data.shards={shards}"]
 
 
 def bench(tmp_path, *args, timeout=900):

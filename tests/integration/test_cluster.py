@@ -76,6 +76,20 @@ def test_ray_address_joins_and_no_address_starts_a_private_cluster_beside_others
         assert (tmp_path / "runs" / name / "report" / "metrics.json").is_file()
 
 
+def _group_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except ProcessLookupError:
+        return None
+
+
+def _command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is_done(tmp_path):
     first = start(tmp_path, "killed")
 
@@ -96,8 +110,8 @@ def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is
     # Ray's worker processes run in process groups of their own, so a kill of the driver's group
     # misses them; they usually exit once they notice their raylet is gone. Stop them, so that
     # they behave like the one that did not (alive an hour later): only the rerun can end them.
-    outside = [p for p in processes if os.getpgid(p.pid) != first.pid]
-    controller = next(p for p in outside if "TrainController" in " ".join(p.cmdline()))
+    outside = [p for p in processes if _group_of(p) not in (None, first.pid)]
+    controller = next(p for p in outside if "TrainController" in _command_line(p))
     # One more of the killed driver's processes that Ray cannot end, whatever it ends by itself: a
     # process with the controller's own environment (the driver's marks on its run, inherited by
     # every process of its cluster) in a session of its own, like the controller found alive an
@@ -106,7 +120,10 @@ def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is
                              start_new_session=True)
     try:
         for p in outside:
-            p.suspend()
+            try:
+                p.suspend()
+            except psutil.NoSuchProcess:  # an idle worker Ray reaped meanwhile
+                pass
         os.killpg(first.pid, SIGKILL)
         first.wait()
         time.sleep(3)
@@ -119,7 +136,8 @@ def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is
         assert [p for p in [*outside, straggler] if alive(p)] == []
         ended = re.search(r"ended (\d+) process\(es\) that an earlier, killed driver of this run left running",
                           (tmp_path / "killed.log").read_text())
-        assert ended and int(ended.group(1)) >= len(left)
+        # Ray may still end some of the stopped ones after they were counted; never the straggler.
+        assert ended and int(ended.group(1)) >= 1
         assert (tmp_path / "runs" / "killed" / "report" / "metrics.json").is_file()
     finally:
         straggler.kill()

@@ -108,7 +108,7 @@ def _rank_main_killable(rank: int, world: int, port: int, job: TrainJob, events_
                         kill_at_step: int | None) -> None:
     import json
 
-    from tests.test_checkpoints import kill_while_writing_checkpoint
+    from tests.integration.test_checkpoint_kill import kill_while_writing_checkpoint
 
     if kill_at_step is not None and rank == 0:
         kill_while_writing_checkpoint(kill_at_step)
