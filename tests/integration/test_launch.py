@@ -34,11 +34,12 @@ def starts(run_dir: Path, method: str, task: int) -> list[int]:
 
 
 def interrupted_task(run_dir: Path) -> int:
-    """The task the first launch was in when it was interrupted: the one whose training resumed."""
+    """The task the first launch was in when it was interrupted: the first one whose training resumed
+    (a later task resumes too only if Ray Train restarted its workers after a system failure)."""
     finished = {e["job"]: e for e in journal(run_dir) if e["event"] == "finished"}
     resumed = [e for e in finished.values() if e["job"].startswith("train/") and e.get("resumed_from")]
-    assert len(resumed) == 1, finished
-    return int(resumed[0]["job"].rsplit("/", 1)[1])
+    assert resumed, finished
+    return min(int(e["job"].rsplit("/", 1)[1]) for e in resumed)
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -162,7 +163,11 @@ def test_the_slurm_script_checkpoints_on_term_requeues_itself_and_the_requeued_j
     stopped = [e for e in events(run_dir) if e.get("kind") == "checkpoint" and e["stopping"]]
     assert len(stopped) == 1
     task = stopped[0]["task"]
-    assert starts(run_dir, "sgd", task) == [0, stopped[0]["step"]]  # the requeued job resumed at that step
+    # The requeued job resumed at that step. (A later restart of its worker group, from a periodic
+    # checkpoint, is Ray Train's to make after a system failure: one suite run saw a Ray Train
+    # actor die of a SIGSEGV inside getenv, and the job went on from its checkpoint at step 90.)
+    resumed = starts(run_dir, "sgd", task)
+    assert resumed[:2] == [0, stopped[0]["step"]] and all(s > stopped[0]["step"] and s % 10 == 0 for s in resumed[2:])
     assert interrupted_task(run_dir) == task
     assert [e["resumed"] for e in journal(run_dir) if e["event"] == "run"] == [False, True]
     assert (run_dir / "report" / "metrics.json").is_file()
