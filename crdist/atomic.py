@@ -3,11 +3,65 @@ file or the new one, never half of one."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from crdist.errors import CrdistError
+
+# A write that fails for want of room: the disk is full, a quota is spent, or a file-size limit hit.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFull(CrdistError, OSError):
+    """A write failed for want of room; what was written before it is intact. Built as an OSError,
+    ``DiskFull(errno.ENOSPC, message)``, so that it pickles across Ray."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def out_of_room(err: BaseException, directory: Path, needed: int) -> bool:
+    """Whether ``err`` (raised while writing about ``needed`` bytes into ``directory``) is a disk
+    that is full. Python's own writes carry the errno; torch's and safetensors' writers raise their
+    own errors without it, so the free space is asked too."""
+    seen = err
+    while seen is not None:
+        if getattr(seen, "errno", None) in _NO_ROOM:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(directory).free < needed
+    except OSError:
+        return False
+
+
+def disk_full(directory: Path, what: str, needed: int) -> DiskFull:
+    """The error for a write of ``what`` into ``directory`` that ran out of room."""
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(errno.ENOSPC, f"{directory}: no room to write {what} (it needs about {needed / 2**20:.1f} MiB; "
+                    f"{free}). Everything written before it is intact: make room there and run the same command "
+                    "again to continue")
+
+
+@contextmanager
+def room_for(directory: Path, what: str, needed: int) -> Iterator[None]:
+    """Turns a write inside the block that fails for want of room into a ``DiskFull`` that says so."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as err:
+        if not out_of_room(err, directory, needed):
+            raise
+        raise disk_full(directory, what, needed) from err
 
 
 @contextmanager

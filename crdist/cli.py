@@ -155,6 +155,16 @@ def _parser() -> argparse.ArgumentParser:
     bench_eval.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     bench_eval.set_defaults(handler=_bench_eval)
 
+    bench_digest = benches.add_parser(
+        "digest",
+        help="what checking files against their digests costs: the hash's throughput, a checkpoint's verification",
+        description="Hash a file of --gib GiB with XXH3-128 (crdist's records) and sha256 (shard manifests), "
+        "then time the verification of a mid-task checkpoint of --backbone against torch.load of its files.",
+    )
+    bench_digest.add_argument("--gib", type=float, default=1.0, help="size of the hashed file (default 1 GiB)")
+    bench_digest.add_argument("--backbone", default="resnet18", help="the checkpoint's backbone (default resnet18)")
+    bench_digest.set_defaults(handler=_bench_digest)
+
     sweep = commands.add_parser(
         "sweep",
         help="run a grid of studies (seeds, methods, backbones, any config key) and aggregate them",
@@ -173,6 +183,15 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild the report of a run or sweep directory")
     report.add_argument("run_dir", type=Path, help="a run directory (runs/demo) or a sweep's (runs/<sweep name>)")
     report.set_defaults(handler=_report)
+
+    verify = commands.add_parser(
+        "verify", help="re-hash a run directory and its shards; list what is damaged and what a resume would redo",
+        description="Check every file a run wrote and reads back (c_0, each c_i with its summary and method "
+        "state, each evaluation, each mid-task checkpoint) against the digest recorded when it was written, and "
+        "its shards against their manifest. Runs nothing and changes nothing. Exit status 1 when anything is "
+        "damaged.")
+    verify.add_argument("run_dir", type=Path, help="a run directory (runs/demo)")
+    verify.set_defaults(handler=_verify)
 
     prepare = commands.add_parser(
         "prepare",
@@ -338,6 +357,12 @@ def _bench_eval(args) -> int:
     return bench_eval(args.config or _default_config(), args.overrides, args.run, probe, args.json)
 
 
+def _bench_digest(args) -> int:
+    from crdist.bench.digest import bench_digest
+
+    return bench_digest(args.gib, args.backbone)
+
+
 def _sweep(args) -> int:
     from crdist.sweep import run_sweep
 
@@ -355,6 +380,36 @@ def _report(args) -> int:
     summary = write_report(run_dir, study, Manifest.load(run_dir.root))  # the stream's manifest, copied at start
     print(f"report written to {summary.directory}\n\n{summary.table}")
     return 0
+
+
+def _verify(args) -> int:
+    from crdist.audit import audit
+    from crdist.data.manifest import FILENAME, Manifest
+    from crdist.data.shards import verify as verify_shards
+
+    run_dir, study = _load_run(args.run_dir)
+    damaged, checked = audit(run_dir)
+    print(f"{run_dir.root}: {checked} outputs checked (files, and checkpoints with all their files)")
+    for found in damaged:
+        print(f"  damaged {found.describe(run_dir.root)}")
+    shards = study.data.shards_dir()
+    if (shards / FILENAME).is_file():
+        manifest = Manifest.load(shards)
+        problems = verify_shards(manifest)
+        count = sum(len(s.shards) for t in manifest.tasks for s in t.splits.values())
+        print(f"{shards}: {count} shards re-hashed, " + (f"{len(problems)} damaged" if problems else "all match"))
+        for line in problems:
+            print(f"  damaged {line}; the run stops at it: prepare the shards again (crdist prepare)")
+    else:
+        problems = []
+        print(f"{shards}: no prepared shards there (data.shards); a resume prepares them")
+    if not damaged and not problems:
+        print("nothing damaged: a resume redoes nothing that is finished")
+        return 0
+    redo = sorted({found.job for found in damaged})
+    if redo:
+        print(f"a resume (crdist resume {run_dir.root}) sets the damaged files aside and redoes: {', '.join(redo)}")
+    return 1
 
 
 def _shards_of(directory: Path) -> Path:

@@ -7,8 +7,10 @@ lock, and a config that must give the same results) is crdist/orchestrate/claim.
                 checkpoints/<method>/task-<i>/   mid-task checkpoints of the job in progress
                 models/c_0.safetensors  the initial model, shared by every method
                 models/<method>/c_<i>.safetensors
+                models/<method>/c_<i>.train.json          the task's summary (steps, losses, times)
                 models/<method>/c_<i>.state/rank-<r>.pt   the method's state after task i, per rank
                 eval/c_0/0-<j>.json, eval/<method>/<i>-<j>.json
+                (each of the files under models/ and eval/ with its digest beside it, <file>.xxh3)
                 logs/driver.log, logs/events.jsonl, logs/train/*.log
                 tracking/               the experiment trackers' files (tracking: section)
                 ray/                    Ray Train's storage for the train jobs
@@ -69,6 +71,9 @@ class RunDir:
         written before the weights c_row; what the job of task row+1 starts from."""
         return self.root / "models" / method / f"c_{row}.state"
 
+    def method_state_files(self, method: str, row: int, ranks: int) -> list[Path]:
+        return [method_state_file(self.method_state(method, row), r) for r in range(ranks)]
+
     def evaluation(self, method: str | None, row: int, task: int) -> Path:
         folder = "c_0" if row == 0 else method
         return self.root / "eval" / folder / f"{row}-{task}.json"
@@ -76,3 +81,8 @@ class RunDir:
     @staticmethod
     def checkpoint_label(method: str | None, row: int) -> str:
         return "c_0" if row == 0 else f"{method}/c_{row}"
+
+
+def method_state_file(directory: str | Path, rank: int) -> Path:
+    """One rank's file in a method-state directory (``RunDir.method_state``)."""
+    return Path(directory) / f"rank-{rank}.pt"

@@ -27,6 +27,19 @@ class ShardRecord:
     bytes: int
     sha256: str
     mtime_ns: int | None = None  # when it was written; a shard modified since is re-hashed on reuse
+    xxh3: str | None = None  # XXH3-128, checked each time the shard is read (older manifests: sha256)
+
+    def matches(self, data: bytes) -> bool:
+        """Whether ``data``, the shard's bytes as read, are what was written."""
+        if len(data) != self.bytes:
+            return False
+        if self.xxh3 is not None:
+            import xxhash
+
+            return xxhash.xxh3_128_hexdigest(data) == self.xxh3
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest() == self.sha256
 
 
 @dataclass
@@ -104,6 +117,11 @@ class Manifest:
         if template:
             return template.format(path=shard.path, root=self.root)
         return str(self.root / shard.path)
+
+    def shard_records(self, template: str | None = None) -> dict[str, ShardRecord]:
+        """Every shard by the URL a reader opens it at (``url``)."""
+        return {self.url(shard, template): shard for task in self.tasks for split in task.splits.values()
+                for shard in split.shards}
 
     def save(self, directory: Path) -> None:
         data = asdict(self)

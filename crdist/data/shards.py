@@ -10,6 +10,7 @@ from typing import Iterable
 import webdataset as wds
 
 from crdist.data.manifest import Manifest, ShardRecord
+from crdist.integrity import digest_file
 
 
 def write_shard(directory: Path, name: str, samples: Iterable[dict]) -> ShardRecord:
@@ -32,7 +33,7 @@ def write_shard(directory: Path, name: str, samples: Iterable[dict]) -> ShardRec
         os.fsync(stream.fileno())
     stat = path.stat()
     return ShardRecord(path=str(path.relative_to(directory)), count=count, bytes=stat.st_size,
-                       sha256=sha256_of(path), mtime_ns=stat.st_mtime_ns)
+                       sha256=sha256_of(path), mtime_ns=stat.st_mtime_ns, xxh3=digest_file(path).value)
 
 
 def write_shards(directory: Path, prefix: str, samples: Iterable[dict], shard_size: int) -> list[ShardRecord]:

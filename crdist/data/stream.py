@@ -103,6 +103,8 @@ class RankStream:
         self.cache = ShardCache(spec.cache_bytes) if spec.cache_bytes > 0 and isinstance(decode, ImageDecoder) else None
         self.url_template = url_template
         self.shards = [s for t in (*spec.also, spec.task) for s in manifest.split(t, spec.split).shards]
+        # Each shard is checked against its manifest's digest as it is read (crdist/data/tarstream.py).
+        self.records = {manifest.url(s, url_template): s for s in self.shards}
         self._loader: torch.utils.data.DataLoader | None = None
         self._epoch = None  # the epoch the loader's workers read, in shared memory
         if spec.order not in ("sharded", "global"):
@@ -157,7 +159,8 @@ class RankStream:
             wds.split_by_worker,
             # With the cache, each shard's images are decoded as it is read, before the shuffle
             # (the same pixels in the same order), and a shard read once before comes from memory.
-            tar_to_samples(handler=_name_the_shard) if self.cache is None else _cached_shards(self.cache, self.decode),
+            tar_to_samples(handler=_name_the_shard, records=self.records) if self.cache is None
+            else _cached_shards(self.cache, self.decode, self.records),
             # The same seed in every loader worker is fine: each shuffles different shards.
             wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(shuffle_seed)),
             wds.map(self._decoder(epoch)),
@@ -201,10 +204,10 @@ class RankStream:
         return AugmentingDecoder(self.decode, self.spec.augment, self.spec.seed, self.spec.task, epoch)
 
 
-def _shards_through_cache(sources, cache: ShardCache, decode: ImageDecoder):
+def _shards_through_cache(sources, cache: ShardCache, decode: ImageDecoder, records: dict):
     """WebDataset's tar stage through ``cache``: each shard from memory when kept, else read."""
     for source in sources:
-        read = (lambda source=source: tar_to_samples(handler=_name_the_shard)([source]))
+        read = (lambda source=source: tar_to_samples(handler=_name_the_shard, records=records)([source]))
         yield from cache.samples(source["url"], read, decode.decode_pixels)
 
 
@@ -278,7 +281,8 @@ def _split_samples(manifest: Manifest, task: int, split: str, decode, url_templa
                    batch_size: int | None = None) -> Iterator[list]:
     urls = [manifest.url(s, url_template) for s in manifest.split(task, split).shards]
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(urls), tar_to_samples(handler=_name_the_shard), wds.map(decode)
+        wds.SimpleShardList(urls), tar_to_samples(handler=_name_the_shard, records=manifest.shard_records(url_template)),
+        wds.map(decode)
     )
     expected = manifest.split(task, split).count
     read, batch = 0, []

@@ -12,11 +12,13 @@ What it reads: POSIX ustar and GNU headers, with PAX extended headers (``path`` 
 older crdist shards and other writers have them) and GNU long names. Directories, links and
 WebDataset's ``__…__`` metadata members are skipped, as WebDataset's own reader skips them. What it
 refuses, naming the shard: a header whose checksum is wrong, a member cut short, and an archive
-that ends without its end-of-archive block (a shard truncated at a member boundary).
+that ends without its end-of-archive block (a shard truncated at a member boundary), and, given the
+manifest's records, a shard whose bytes differ from its digest.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from typing import IO, Callable, Iterable, Iterator
 
@@ -119,12 +121,23 @@ def _pax_fields(data: bytes) -> dict[str, str]:
     return fields
 
 
-def _shard_files(sources: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+def _shard_files(sources: Iterable[dict], handler: Callable[[Exception], bool],
+                 records: dict | None = None) -> Iterator[dict]:
     """WebDataset's ``tar_file_expander`` on this reader: one dict(fname, data, __url__) per member,
-    and ``{}`` at the end of each shard so that samples of two shards never merge."""
+    and ``{}`` at the end of each shard so that samples of two shards never merge. With ``records``
+    (url → the manifest's ShardRecord), a shard is read whole and checked against its digest before
+    any of its samples is given out: a damaged copy trains and scores nothing."""
     for source in sources:
         url, stream = source["url"], source["stream"]
         try:
+            record = records.get(url) if records else None
+            if record is not None:
+                data = stream.read()
+                if not record.matches(data):
+                    raise TarFormatError(f"{len(data):,} bytes that differ from the digest in its manifest (written: "
+                                         f"{record.bytes:,} bytes): the copy is damaged. `crdist prepare --verify "
+                                         "DIR` checks every shard; preparing them again mends them")
+                stream = io.BytesIO(data)
             for name, data in tar_members(stream):
                 if name.startswith("__") and _META.match(name):
                     continue
@@ -138,8 +151,9 @@ def _shard_files(sources: Iterable[dict], handler: Callable[[Exception], bool]) 
             stream.close()
 
 
-def _tar_samples(src: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
-    return group_by_keys(_shard_files(url_opener(src, handler=handler), handler), handler=handler)
+def _tar_samples(src: Iterable[dict], handler: Callable[[Exception], bool], records: dict | None = None
+                 ) -> Iterator[dict]:
+    return group_by_keys(_shard_files(url_opener(src, handler=handler), handler, records), handler=handler)
 
 
 # A drop-in for ``wds.tarfile_to_samples`` in a ``wds.DataPipeline``.

@@ -1,7 +1,8 @@
-"""Consolidated model weights as safetensors files, written atomically.
+"""Consolidated model weights as safetensors files, written atomically with their digest.
 
 These files are what evaluations read and what the next task starts from; they never hold
-sharded training state.
+sharded training state. Each one crdist writes has its digest beside it (crdist/integrity.py), and
+is checked against it whenever it is read: a damaged file is refused, never loaded.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from crdist.atomic import atomic_path
 from crdist.errors import CrdistError
+from crdist.integrity import record_path, sealed_path, verify
 
 
 class WeightsError(CrdistError, RuntimeError):
@@ -23,14 +24,18 @@ class WeightsError(CrdistError, RuntimeError):
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    with atomic_path(path) as tmp:
+    with sealed_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``; checked against its digest first when it has one (every file crdist
+    wrote has; a file from elsewhere, e.g. converted pretrained weights, may not)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    if record_path(path).is_file():
+        verify(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:

@@ -9,6 +9,11 @@ join whatever cluster ``RAY_ADDRESS`` or the machine's last ``ray start`` names,
   start`` started on this machine;
 - no address starts a private cluster (``address="local"``) that belongs to this driver alone, so
   any number of studies can run side by side on one machine, beside a ``ray start`` cluster too.
+
+Either way Ray's token authentication stays on: a process without the token cannot join the
+cluster (and run code as its owner). Ray writes the token it makes (``~/.ray/auth_token``)
+readable by everyone on the machine; crdist makes it first, readable by its owner only
+(``keep_token_private``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from crdist.errors import CrdistError
@@ -46,6 +53,33 @@ def _quiet_worker_startup_notices() -> None:
 
     filtered._crdist_filtered = True
     ray_worker.print_to_stdstream = filtered
+
+
+def token_file() -> Path | None:
+    """The file Ray reads its token from, or None when it comes from ``RAY_AUTH_TOKEN`` itself."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def keep_token_private() -> None:
+    """Make Ray's token file, readable by its owner only, before Ray makes it readable by all (mode
+    0644); narrow a file of ours that is already there. A file of another owner is left alone."""
+    path = token_file()
+    if path is None:
+        return
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another driver made it a moment ago
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))  # what Ray makes: 64 hex digits
+    stat = path.stat()
+    if stat.st_mode & 0o077 and stat.st_uid == os.getuid():
+        os.chmod(path, 0o600)
 
 
 def quiet_token_notice(record: logging.LogRecord) -> bool:
@@ -88,6 +122,8 @@ def ray_cluster(study, address: str | None, say) -> Iterator[str]:
         # the job's end; 0.6 s with 0.2). Its processes inherit this environment; a value the
         # user set wins.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        if os.environ.get("RAY_AUTH_MODE", "token") == "token":
+            keep_token_private()
         # Room for one train job plus one evaluation, so evaluations overlap training even on a
         # 2-core machine (the per-job start-up is mostly waiting, not computing).
         cpus = study.cluster.num_cpus or max(os.cpu_count() or 1, math.ceil(needed + evaluate.cpus))

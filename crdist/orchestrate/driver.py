@@ -18,6 +18,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from crdist import audit
 from crdist.data.manifest import Manifest
 from crdist.data.prepare import prepare
 from crdist.data.stream import RankStream, StreamSpec
@@ -108,6 +109,9 @@ def _run(study, run_dir: RunDir, address: str | None, console: Console, journal:
     console.print(f"data   {_describe_stream(manifest)}")
     steps = _steps_per_task(study, manifest)
     _feed_trackers(tracking, steps, run_dir, console)
+    damage = audit.initial_model(run_dir) if run_dir.weights(None, 0).is_file() else None
+    if damage is not None:
+        audit.set_aside(damage, run_dir.root, journal, console.print)
     # c_0, once written, is the run's source of truth: a resumed run needs no pretrain stage.
     pretraining = pretrain.plan(study, manifest, console.print) if not run_dir.weights(None, 0).is_file() else None
     if pretraining is None:

@@ -21,6 +21,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
+from crdist import audit
+from crdist.integrity import write_sealed_json
 from crdist.data.manifest import Manifest
 from crdist.errors import CrdistError
 from crdist.evaluate.job import EvalJob
@@ -88,6 +90,7 @@ class Scheduler:
         self.weights_digests: dict[tuple, str] = {}  # (method, row) → digest of its tensors
         self.first_with_digest: dict[str, tuple] = {}  # digest → the first (method, row) seen with it
         self.same_weights_waiting = defaultdict(list)  # (method, row, task) evaluated first → jobs waiting for it
+        self.reused: dict[str, set[int]] = defaultdict(set)  # method → tasks whose sound weights an earlier run wrote
         # The driver's own actors live on its node: losing a worker node must not take them along.
         self.driver_node = ray.get_runtime_context().get_node_id()
         on_driver_node = NodeAffinitySchedulingStrategy(self.driver_node, soft=False)
@@ -153,16 +156,27 @@ class Scheduler:
 
     def submit_train(self, method: str, task: int) -> None:
         """Queue the method's train job for tasks ``task`` … T; tasks whose weights exist (from an
-        earlier run of the study) are reused instead."""
-        while task <= self.tasks and self.run_dir.weights(method, task).is_file():
-            output = self.run_dir.weights(method, task)
-            self.console.print(f"train  {method} task {task}/{self.tasks}: already done, reusing "
-                               f"{output.relative_to(self.run_dir.root)}")
-            self._journal_finished_if_new(self._train_job(method, task), lambda: self._train_summary(method, task))
-            self.trained(method, task)
-            task += 1
-        if task > self.tasks or self.stop_deadline is not None:
+        earlier run of the study) and match their digests are reused instead. A damaged one is set
+        aside and trained again; the job's workers pass over the tasks reused after it."""
+        first = None  # the first task to train
+        for t in range(task, self.tasks + 1):
+            output = self.run_dir.weights(method, t)
+            if t in self.reused[method]:
+                continue
+            if output.is_file():
+                damage = audit.trained_task(self.run_dir, method, t)
+                if damage is None:
+                    self.console.print(f"train  {method} task {t}/{self.tasks}: already done, reusing "
+                                       f"{output.relative_to(self.run_dir.root)}")
+                    self._journal_finished_if_new(self._train_job(method, t), lambda: self._train_summary(method, t))
+                    self.reused[method].add(t)
+                    self.trained(method, t)
+                    continue
+                self.set_aside(damage, output, summary_path(output), self.run_dir.method_state(method, t))
+            first = t if first is None else first
+        if first is None or self.stop_deadline is not None:
             return
+        task = first
         train_jobs = [
             TrainJob.from_study(
                 self.study,
@@ -181,6 +195,9 @@ class Scheduler:
         ]
         self.waiting_trains.append((self._train_job(method, task), train_jobs))
         self.start_waiting_trains()
+
+    def set_aside(self, damage: audit.Damage, *paths) -> None:
+        audit.set_aside(damage, self.run_dir.root, self.journal, self.console.print, *paths)
 
     def _train_job(self, method: str, task: int) -> _Job:
         return _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task,
@@ -217,7 +234,10 @@ class Scheduler:
         checkpoint = RunDir.checkpoint_label(method, row)
         job = _Job("eval", f"eval/{checkpoint}/{task}", f"{checkpoint} × task {task}", method, row, task)
         output = self.run_dir.evaluation(method, row, task)
-        if output.is_file():
+        damage = audit.evaluation(self.run_dir, method, row, task) if output.is_file() else None
+        if damage is not None:
+            self.set_aside(damage)
+        elif output.is_file():
             self._journal_finished_if_new(job)
             self.evaluated(job, json.loads(output.read_text()))
             return
@@ -255,13 +275,11 @@ class Scheduler:
         source = self.run_dir.evaluation(method, row, task)
         if not source.is_file():
             return  # its own evaluation is still to finish: they take it then
-        from crdist.atomic import write_json
-
         result = json.loads(source.read_text())
         for job in self.same_weights_waiting.pop((method, row, task), []):
             copy = {**result, "checkpoint": RunDir.checkpoint_label(job.method, job.row), "row": job.row,
                     "same_weights_as": result["checkpoint"], "seconds": 0.0}
-            write_json(self.run_dir.evaluation(job.method, job.row, task), copy)
+            write_sealed_json(self.run_dir.evaluation(job.method, job.row, task), copy)
             self.journal.record("finished", job.key, same_weights_as=result["checkpoint"])
             self.console.print(f"eval   {job.label}: same weights as {result['checkpoint']}, its result taken "
                                f"[{self.evals_done + 1}/{self.evals_total}]")
@@ -322,9 +340,21 @@ class Scheduler:
             self.follow_train_job(job)
 
     def follow_train_job(self, job: _Job) -> None:
-        """Take in every task the train job has finished since last asked: their weights exist."""
+        """Take in every task the train job has finished since last asked: their weights exist.
+        (Tasks reused from an earlier run, which its workers pass over, were taken in already.)"""
         while job.task <= job.last_task and self.run_dir.weights(job.method, job.task).is_file():
-            self.task_trained(job)
+            if job.task in self.reused[job.method]:
+                self.next_task(job)
+            else:
+                self.task_trained(job)
+
+    def next_task(self, job: _Job) -> None:
+        job.task += 1
+        if job.task <= job.last_task:
+            fresh = self._train_job(job.method, job.task)
+            job.key, job.label, job.row = fresh.key, fresh.label, fresh.row
+            if job.task not in self.reused[job.method]:
+                self.journal.record("started", job.key, workers="kept")
 
     def task_trained(self, job: _Job) -> None:
         """The train job's current task is done: journal it, start its evaluations, and move the job
@@ -340,11 +370,7 @@ class Scheduler:
             + _peak_memory(result)
         )
         self.console.record({"kind": "train_done", "job": job.label, **result, "method": method, "task": task})
-        job.task += 1
-        if job.task <= job.last_task:
-            fresh = self._train_job(method, job.task)
-            job.key, job.label, job.row = fresh.key, fresh.label, fresh.row
-            self.journal.record("started", job.key, workers="kept")
+        self.next_task(job)
         self.trained(method, task)
 
     def finish(self, ref) -> None:
@@ -387,6 +413,8 @@ class Scheduler:
         is then one per task's worth of progress, as a job per task would have it. A job that
         finished none fails the study."""
         self.follow_train_job(job)
+        if "DiskFull: " in _root_cause(err):
+            return False  # no room: starting again would only fail again; the error says what to do
         if job.task > job.last_task:  # every task's weights are written: it failed on its way out
             self.console.print(f"warn   train {job.method}: its job failed after its last task ({_root_cause(err)}); "
                                "every task's weights are written")
@@ -435,6 +463,9 @@ class Scheduler:
                 return
             self.console.record(event)
             self.console.print(_describe_event(event))
+            if event["kind"] == "damaged":  # a mid-task checkpoint the workers set aside
+                self.journal.record("damaged", f"train/{event['method']}/{event['task']}", file=event["file"],
+                                    reason=event["reason"], redo=event["action"])
 
 
 def tensors_digest(path) -> str:
@@ -460,6 +491,8 @@ def _describe_event(event: dict) -> str:
         if event["step"]:
             return f"train  {job}: resuming from the checkpoint at step {event['step']}/{event['steps']}"
         return f"train  {job}: started, {event['steps']} steps"
+    if event["kind"] == "damaged":
+        return f"damaged {job}: checkpoint {event['file']}: {event['reason']}; set aside, {event['action']}"
     if event["kind"] == "checkpoint":
         nodes = event.get("preempted_nodes")
         why = f" (node {', '.join(n[:12] for n in nodes)} is being preempted)" if nodes else ""

@@ -1,10 +1,12 @@
-"""Assemble accuracy matrices A[i][j] from a run directory's evaluation files."""
+"""Assemble accuracy matrices A[i][j] from a run directory's evaluation files, each checked
+against its digest first (a damaged one is an error naming it; resuming the run evaluates again)."""
 
 from __future__ import annotations
 
 import json
 
 from crdist.errors import CrdistError
+from crdist.integrity import problem
 from crdist.rundir import RunDir
 
 
@@ -25,6 +27,10 @@ def collect(run_dir: RunDir, methods: list[str], protocols: list[str], tasks: in
                 if not path.is_file():
                     missing.append(str(path))
                     continue
+                reason = problem(path)
+                if reason is not None:
+                    raise ReportError(f"{path}: {reason}. Resume the run (crdist resume {run_dir.root}) to "
+                                      "evaluate it again; crdist verify lists every damaged file")
                 accuracy = json.loads(path.read_text())["accuracy"]
                 for p in protocols:
                     if p not in accuracy:

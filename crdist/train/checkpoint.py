@@ -2,19 +2,24 @@
 
     checkpoints/<method>/task-<i>/step-000020/engine/…             DeepSpeed: model, optimizer, every rank's ZeRO partition
                                               position-rank<r>.json where rank r is in its stream, its RNG state
-                                              COMPLETE              written last, by rank 0, once every rank is done
+                                              COMPLETE              written last, by rank 0, once every rank is done;
+                                                                    it holds every file's digest
                                   latest                            "step-000020"; replaced atomically after COMPLETE
 
 A checkpoint is built in ``step-NNNNNN.partial`` and renamed into place, so a kill at any moment
 (even in the middle of writing) leaves the previous checkpoint intact. Loading takes the newest
-directory holding ``COMPLETE`` (``latest`` is a convenience for people and tools, and may lag one
-behind after a kill). Deleting renames first, so a half-deleted checkpoint never looks complete.
+directory holding ``COMPLETE`` whose files all match the digests recorded there (``latest`` is a
+convenience for people and tools, and may lag one behind after a kill); one that does not (a bit
+flipped, a file cut short or deleted) is set aside as ``step-NNNNNN.damaged`` and the one before it
+is taken, or the task starts again from c_{i-1} when none is left. With ``checkpoint.keep: 2`` (the
+default) there is always a previous one to fall back on. Deleting renames first, so a
+half-deleted checkpoint never looks complete.
 The files are crdist's own: DeepSpeed reads its part with ``torch.load`` (pickle), so load only
 checkpoints from a run directory you trust.
 
 A method's state at the end of a task (replay buffers, importances) is saved here too, per rank,
 beside the task's weights (``models/<method>/c_<i>.state/rank-<r>.pt``: ``save_method_state``,
-``load_method_state``), for the next task to start from.
+``load_method_state``), each with its digest, for the next task to start from.
 """
 
 from __future__ import annotations
@@ -34,9 +39,18 @@ from pathlib import Path
 
 import torch
 
-from crdist.atomic import atomic_path, fsync_dir, write_json, write_text
+from crdist.atomic import disk_full, fsync_dir, out_of_room, write_json, write_text
 from crdist.config import require
 from crdist.errors import CrdistError
+from crdist.integrity import (
+    Digest,
+    digest_file,
+    problem,
+    sealed_path,
+    set_aside,
+    verify,
+)
+from crdist.rundir import method_state_file
 
 log = logging.getLogger("crdist.train")
 
@@ -102,6 +116,7 @@ class TaskCheckpoints:
         self.directory = Path(directory)
         self.keep = keep
         self.loaded: Path | None = None  # the checkpoint ``load`` restored
+        self.damaged: list[dict] = []  # checkpoints ``load`` found damaged and set aside: {"file", "reason"}
         self.resharded_from: int | None = None  # the worker count that wrote it, when another
 
     def latest(self) -> Path | None:
@@ -125,15 +140,25 @@ class TaskCheckpoints:
             shutil.rmtree(partial, ignore_errors=True)  # left by a kill mid-write
             partial.mkdir(parents=True)
         barrier()
-        engine.save_checkpoint(str(partial), tag=ENGINE_TAG, client_state={}, save_latest=False)
-        if method_state:
-            torch.save(method_state, partial / f"method-rank{rank}.pt")
-        write_json(partial / f"position-rank{rank}.json", asdict(position))
-        barrier()
+        try:
+            engine.save_checkpoint(str(partial), tag=ENGINE_TAG, client_state={}, save_latest=False)
+            if method_state:
+                torch.save(method_state, partial / f"method-rank{rank}.pt")
+            write_json(partial / f"position-rank{rank}.json", asdict(position))
+            barrier()
+            if rank == 0:
+                files = _fsync_and_digest(partial)
+                write_json(partial / COMPLETE, {"step": position.step, "world": world, "accumulation": accumulation,
+                                                "time": time.time(), "files": files})
+        except Exception as err:
+            # A full disk: the partial goes (it frees the room it took) and the job stops with the
+            # room it needs; the checkpoints before it are untouched.
+            needed = max(_size(self.latest()), _size(partial))
+            if not out_of_room(err, self.directory, needed or 1):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            raise disk_full(self.directory, f"the checkpoint {name}", needed) from err
         if rank == 0:
-            _fsync_tree(partial)
-            write_json(partial / COMPLETE, {"step": position.step, "world": world, "accumulation": accumulation,
-                                            "time": time.time()})
             os.rename(partial, final)
             fsync_dir(self.directory)
             write_text(self.directory / LATEST, name)
@@ -144,10 +169,15 @@ class TaskCheckpoints:
     def load(self, engine, rank: int, world: int, accumulation: int = 1) -> Position | None:
         """Restore the newest complete checkpoint into ``engine``; None when there is none.
 
-        Rank 0 chooses the checkpoint and tells the others, so every rank loads the same one even
-        when their views of shared storage differ for a moment.
+        Rank 0 chooses the checkpoint (the newest whose files match their digests) and tells the
+        others, so every rank loads the same one even when their views of shared storage differ
+        for a moment.
         """
-        chosen = agree(self.latest().name if rank == 0 and self.latest() is not None else None)
+        if rank == 0:
+            sound = self.newest_sound()
+            chosen, self.damaged = agree((sound.name if sound is not None else None, self.damaged))
+        else:
+            chosen, self.damaged = agree(None)
         if chosen is None:
             return None
         checkpoint = self.directory / chosen
@@ -176,6 +206,18 @@ class TaskCheckpoints:
         self.loaded = checkpoint
         self.resharded_from = written_by if resharded else None
         return position
+
+    def newest_sound(self) -> Path | None:
+        """The newest complete checkpoint whose files all match their digests. Those that do not are
+        set aside (``step-NNNNNN.damaged``) and listed in ``damaged``."""
+        for checkpoint in reversed(self._complete()):
+            reason = checkpoint_problem(checkpoint)
+            if reason is None:
+                return checkpoint
+            log.warning("%s: damaged (%s); set aside, the checkpoint before it is used", checkpoint, reason)
+            set_aside(checkpoint)
+            self.damaged.append({"file": str(checkpoint), "reason": reason})
+        return None
 
     def _check_reshardable(self, checkpoint: Path, written_by: int, world: int, written_accumulation: int,
                            accumulation: int) -> None:
@@ -256,23 +298,22 @@ _STEP = re.compile(r"step-\d{6}")
 
 def save_method_state(directory: str | Path, rank: int, state: dict) -> None:
     """The state a method carries out of a task (replay buffers, importances): one file per rank,
-    ``<directory>/rank-<r>.pt``, written before the task's weights (which mean "done")."""
-    with atomic_path(Path(directory) / f"rank-{rank}.pt") as tmp:
+    ``<directory>/rank-<r>.pt`` with its digest, written before the task's weights (which mean "done")."""
+    with sealed_path(method_state_file(directory, rank)) as tmp:
         torch.save(state, tmp)
 
 
-def load_method_state(directory: str | None, rank: int, world: int, reshard=None) -> dict | None:
+def load_method_state(directory: str | None, rank: int, world: int, reshard=None,
+                      written_by: int = 0) -> dict | None:
     """The state a method carried out of the previous task on this rank; None when it kept none.
-    Written by another number of workers, every old rank's state is read and ``reshard(states)``
-    gives the new ranks'."""
-    if directory is None or not Path(directory).is_dir():
+    ``written_by``: how many ranks wrote it (the previous task's summary says), every file checked
+    against its digest. Written by another number of workers, every old rank's state is read and
+    ``reshard(states)`` gives the new ranks'."""
+    if directory is None or written_by == 0:
         return None
-    written_by = len(list(Path(directory).glob("rank-*.pt")))
-    if written_by == 0:
-        return None
-    paths = [Path(directory) / f"rank-{r}.pt" for r in range(written_by)]
-    if not all(p.is_file() for p in paths):
-        raise CheckpointError(f"{directory}: the method's state files are not rank-0 … rank-{written_by - 1}")
+    paths = [method_state_file(directory, r) for r in range(written_by)]
+    for path in paths:
+        verify(path)
     if written_by == world:
         return torch.load(paths[rank], weights_only=True)
     if reshard is None:
@@ -313,9 +354,34 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why the complete checkpoint directory ``checkpoint`` cannot be trusted, or None."""
+    try:
+        files = json.loads((checkpoint / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {COMPLETE} record is unreadable or has no digests"
+    for name, record in sorted(files.items()):
+        reason = problem(checkpoint / name, Digest.from_dict(record))
+        if reason is not None:
+            return f"{name}: {reason}"
+    return None
+
+
+def _size(directory: Path | None) -> int:
+    if directory is None or not directory.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _fsync_and_digest(root: Path) -> dict[str, dict]:
+    """fsync every file under ``root`` (and the folders), and return each file's digest by its path
+    relative to ``root``: read once, while it is still in the page cache."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            with open(path, "rb") as f:
                 os.fsync(f.fileno())
+            files[str(path.relative_to(root))] = digest_file(path).to_dict()
         fsync_dir(Path(folder))
+    return files

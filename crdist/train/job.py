@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crdist.integrity import verify
+
 if TYPE_CHECKING:
     from crdist.models.config import ModelConfig
     from crdist.train.checkpoint import CheckpointConfig
@@ -74,10 +76,12 @@ class TaskResult:
     flops_per_sample: float | None = None  # training FLOPs (3 × forward) per sample; null for text
     parameters: int = 0  # of the whole classifier (backbone and head)
     mfu: float | None = None  # on GPU: model FLOP utilisation against the GPU's bf16 peak
+    state_ranks: int = 0  # how many ranks wrote the method's state beside c_i (0: the method keeps none)
 
     @classmethod
     def read(cls, weights: str | Path) -> "TaskResult":
         """The summary written beside the weights ``weights`` (``c_<i>.train.json``)."""
+        verify(summary_path(weights))
         summary = json.loads(summary_path(weights).read_text())
         summary.pop("job", None)
         return cls(**summary)

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 from crdist.train.job import TrainJob
-from crdist.train.worker import train_tasks
 
 log = logging.getLogger("crdist.train")
 
@@ -42,6 +41,10 @@ def _train_loop_per_worker(config: dict) -> None:
             log.warning("could not send progress event %s", event, exc_info=True)
 
     import ray.train
+
+    # Imported here, on the workers: the process that calls ``fit`` and Ray Train's controller
+    # unpickle this function too, and torch's import there (seconds of CPU) only delayed the workers.
+    from crdist.train.worker import train_tasks
 
     train_tasks(jobs, report=report, stop_flag=config["stop"], preemption_info=ray.train.get_preemption_info)
 

@@ -17,7 +17,8 @@ from typing import Callable
 
 import torch
 
-from crdist.atomic import write_json, write_text
+from crdist.atomic import room_for, write_text
+from crdist.integrity import verify, write_sealed_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder, to_device
 from crdist.data.stream import RankStream, StreamSpec
@@ -162,6 +163,7 @@ class Trainer:
         job = self.job
         model = build_classifier(job.model, self.manifest.in_channels, self.manifest.num_classes, job.seed,
                                  image_size=self.manifest.image_size)
+        verify(job.init_weights)  # c_{i-1}: crdist's own, so it must have its digest (and match it)
         load_into(model, job.init_weights)
         if job.train.activation_checkpointing:
             blocks = activation_checkpointing.enable(model.backbone, job.model.backbone)
@@ -208,7 +210,8 @@ class Trainer:
                      start.epoch, start.batch_in_epoch)
             self.method.load_state_dict(self.checkpoints.method_state(self.rank, self._resharder()))
             return start
-        carried = load_method_state(job.init_state, self.rank, self.world, self._resharder())
+        written_by = TaskResult.read(job.init_weights).state_ranks if job.init_state is not None else 0
+        carried = load_method_state(job.init_state, self.rank, self.world, self._resharder(), written_by)
         if carried is not None:
             self.method.load_state_dict(carried)
         self.method.start_task(self.model)
@@ -222,6 +225,12 @@ class Trainer:
         step, stopped = self.start.step, False
         if step:
             _enter_phase(model, optimizer, *schedule[step], resumed=True)
+        # A damaged checkpoint passed over on the way (set aside): the driver says so and journals it.
+        for damaged in self.checkpoints.damaged:
+            _report(accelerator, report, {"kind": "damaged", "job": job.label, "method": job.method, "task": job.task,
+                                          "tasks": job.num_tasks, **damaged,
+                                          "action": f"resumed from step {step}" if step else
+                                          f"no sound checkpoint left: task {job.task} trained again from its start"})
         # Every attempt announces where it starts: 0, or the checkpoint it resumed from.
         _report(accelerator, report, {"kind": "start", "job": job.label, "method": job.method, "task": job.task,
                                       "tasks": job.num_tasks, "step": step, "steps": self.total_steps})
@@ -372,15 +381,20 @@ class Trainer:
         job = self.job
         method_state = self.method.state_dict()
         if job.output_state is not None and method_state:
-            save_method_state(job.output_state, self.rank, method_state)
+            with room_for(Path(job.output_state).parent, f"the method state of {job.label}",
+                          self.method.state_bytes()):
+                save_method_state(job.output_state, self.rank, method_state)
+        result.state_ranks = self.world if job.output_state is not None and method_state else 0
         self.accelerator.wait_for_everyone()
         # Under ZeRO-3 gathering the full weights is a collective: every rank takes part.
         state = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
             output = Path(job.output)
-            write_json(summary_path(output), {"job": job.label, **asdict(result)})
-            save_weights(state, output, metadata={"method": job.method, "task": str(job.task)})
+            needed = sum(v.numel() * v.element_size() for v in state.values())
+            with room_for(output.parent, f"{output.name}, the weights of {job.label}", needed):
+                write_sealed_json(summary_path(output), {"job": job.label, **asdict(result)})
+                save_weights(state, output, metadata={"method": job.method, "task": str(job.task)})
             self.checkpoints.clear()
         self.accelerator.wait_for_everyone()
         log.info("%s done: %s", job.label, result)

@@ -68,3 +68,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_CLIENT = ("import ray; ray.init(address={address!r}, log_to_driver=False); "
+           "print('ran', ray.get(ray.remote(num_cpus=0)(lambda: 6 * 7).remote()))")
+
+
+def join_and_run(address: str, token: str | None, home) -> subprocess.Popen:
+    """Another process on this machine joins ``address`` and runs code there: with ``token``
+    (RAY_AUTH_TOKEN), or with none at all (a home without ~/.ray/auth_token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_AUTH_MODE="token")
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    return subprocess.Popen([sys.executable, "-c", _CLIENT.format(address=address)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def assert_door_shut(address: str, token: str, home) -> None:
+    """The cluster at ``address`` runs code for a client with its token, and refuses one without a
+    token and one with another token: the refusal is the token's. (The three try at once: a
+    wrong token is retried for about 20 s before Ray gives up.)"""
+    clients = {"none": join_and_run(address, None, home), "wrong": join_and_run(address, "0" * 64, home),
+               "right": join_and_run(address, token, home)}
+    said = {name: client.communicate(timeout=180)[0] for name, client in clients.items()}
+    for name in ("none", "wrong"):
+        assert clients[name].returncode != 0 and "ran 42" not in said[name], f"{address} ran code with {name} token"
+    assert "token" in said["none"].lower(), said["none"][-2000:]
+    assert "authentication token is missing or incorrect" in said["wrong"].lower(), said["wrong"][-2000:]
+    assert clients["right"].returncode == 0 and "ran 42" in said["right"], said["right"][-3000:]
+
+
+def token_of_this_user(private: bool = True) -> str:
+    """Ray's token for clusters started by this user without RAY_AUTH_TOKEN, from its file; with
+    ``private``, the file is checked readable by its owner only (as crdist and its launchers leave
+    it; `ray start` alone writes it readable by all)."""
+    from pathlib import Path
+
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    mode = path.stat().st_mode & 0o777
+    assert not private or mode & 0o077 == 0, f"{path} is readable by others: mode {mode:o}"
+    return path.read_text().strip()

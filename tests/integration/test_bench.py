@@ -90,3 +90,11 @@ def test_bench_eval_times_each_protocol_and_the_probe_solvers(tmp_path):
         assert 0 < row["feature_seconds"] <= row["seconds"]
     assert figures["linear_solvers"] and figures["probe_problem"] == [400, 16, 4]
     assert "c_0 × task 2" in out
+
+
+def test_bench_digest_times_both_hashes_and_a_checkpoint_verification(tmp_path):
+    out = bench(tmp_path, "digest", "--gib", "0.05", "--backbone", "small-cnn")
+    rates = {line.split("(")[0].strip(): float(line.split()[-1]) for line in out.splitlines()
+             if line.startswith(("xxh3_128", "sha256"))}
+    assert set(rates) == {"xxh3_128", "sha256"} and all(rate > 0 for rate in rates.values())
+    assert "verify every file (newest sound checkpoint)" in out and "verification adds" in out

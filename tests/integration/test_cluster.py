@@ -1,6 +1,7 @@
 """Where a study's Ray comes from, on a machine that already runs Ray: `RAY_ADDRESS` joins that
 cluster, no address starts a private one (side by side with any other), and a driver killed with its
-whole process group leaves nothing running once the run is done again."""
+whole process group leaves nothing running once the run is done again. The private cluster runs
+code only for a process with its token, and no secret of the environment reaches the run directory."""
 
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 
 from crdist.bench.faults import wait_for
 from tests.helpers import ROOT
-from tests.helpers.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
+from tests.helpers.ray_clusters import assert_door_shut, free_port, new_temp_dir, ray_start, ray_stop
 
 # One task, a few steps, kNN only: what matters here is where each run's Ray comes from.
 TINY = ["data.tasks=1", "train.methods=[sgd]", "train.max_steps=4", "evaluate.protocols=[knn]"]
@@ -146,3 +147,53 @@ def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is
                 p.kill()
             except psutil.Error:
                 pass
+
+
+# Secrets a user's environment may hold while a study runs: Ray's token (the private cluster then
+# takes it as its own), MLflow's and W&B's credentials.
+CANARIES = {
+    "RAY_AUTH_TOKEN": "ca11ab1e" * 8,
+    "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-7f3e9d",
+    "MLFLOW_TRACKING_TOKEN": "canary-mlflow-token-91ab2c",
+    "WANDB_API_KEY": "canary00wandb00key00" + "5" * 20,
+}
+
+
+def gcs_address(driver_pid: int) -> str | None:
+    """The GCS address of the private cluster a driver started, as its raylet was told it."""
+    try:
+        children = psutil.Process(driver_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    for child in children:
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        for arg in cmdline:
+            if arg.startswith("--gcs-address="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def test_the_private_cluster_runs_code_only_for_its_token_and_no_secret_reaches_the_run_directory(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(CANARIES)
+    # 200 steps: the study outlives the clients' tries (a minute at most).
+    process = start(tmp_path, "secrets", "train.max_steps=200", "tracking.tensorboard=true", "tracking.mlflow=true",
+                    "tracking.wandb=true", env=env)
+    address = wait_for(lambda: gcs_address(process.pid), 180, "the private cluster's GCS", alive=process)
+    home = tmp_path / "home"
+    home.mkdir()
+    assert_door_shut(address, CANARIES["RAY_AUTH_TOKEN"], home)
+    assert finish(process) == 0, (tmp_path / "secrets.log").read_text()[-3000:]
+
+    # Everything crdist wrote (run directory, logs, config, events, the trackers' stores, the
+    # console's output) is free of every secret.
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.parts[-3:-1] == ("tracking", "mlflow") or "mlflow" in p.parts for p in written)
+    assert any("wandb" in p.parts for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for name, value in CANARIES.items():
+            assert value.encode() not in data, f"{name} found in {path}"

@@ -15,7 +15,14 @@ import psutil
 
 from crdist.bench.faults import checkpoint_on_disk, events, wait_for
 from tests.helpers import ROOT
-from tests.helpers.ray_clusters import free_port, new_temp_dir, ray_start, ray_stop
+from tests.helpers.ray_clusters import (
+    assert_door_shut,
+    free_port,
+    new_temp_dir,
+    ray_start,
+    ray_stop,
+    token_of_this_user,
+)
 
 # Two tasks of sgd, long enough (120 steps each) to be interrupted mid-task; one worker per node.
 STUDY = ["data.tasks=2", "train.methods=[sgd]", "train.epochs=20", "train.max_steps=120", "train.log_every=2",
@@ -83,6 +90,9 @@ def test_ray_job_submit_runs_a_study_and_the_same_command_after_a_kill_resumes_i
         ray_start(node2_temp_dir, f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--temp-dir={node2_temp_dir}",
                   f"--dashboard-agent-listen-port={free_port()}", env=node_env)
         wait_for(lambda: accepts_jobs(env), 120, "the job server to accept jobs", interval=2)
+        # The cluster the Ray launcher submits to, started as docs/launchers.md says (token on): it
+        # runs code only for a process with the token.
+        assert_door_shut(f"127.0.0.1:{port}", token_of_this_user(private=False), tmp_path)
 
         def submit(name: str) -> subprocess.Popen:
             log = open(tmp_path / f"{name}.log", "w")
@@ -151,6 +161,12 @@ def test_the_slurm_script_checkpoints_on_term_requeues_itself_and_the_requeued_j
         ray_stop(f"{job_tmp}/ray-4242")
         env["SLURM_RESTART_COUNT"] = "1"
         second = batch_job()
+        # The job's cluster (head on 20000 + 4242 % 400 × 100) runs code only for a process with the
+        # token, which the script left readable by its owner only.
+        wait_for(lambda: log_path.read_text().count("2 of 2 node(s) joined") == 2, 300, "the requeued job's cluster",
+                 alive=second)
+        head_ip = subprocess.run(["hostname", "--ip-address"], capture_output=True, text=True).stdout.split()[0]
+        assert_door_shut(f"{head_ip}:44200", token_of_this_user(), tmp_path)
         assert second.wait(timeout=900) == 0, log_path.read_text()[-3000:]
     finally:
         for process in launched:

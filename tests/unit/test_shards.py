@@ -11,11 +11,12 @@ import webdataset as wds
 from crdist.data.manifest import ImageInfo, Manifest, SplitRecord, TaskRecord
 from crdist.data.prepare import PrepareError, prepare
 from crdist.data.samples import ImageDecoder, decode_pixels
-from crdist.data.shards import verify, write_shards
+from crdist.data.shards import sha256_of, verify, write_shards
 from crdist.data.sources.base import png_bytes
 from crdist.data.sources.digits import load_digits
 from crdist.data.stream import RankStream, StreamError, StreamSpec, read_split
 from crdist.data.tarstream import TarFormatError, tar_members
+from crdist.integrity import digest_file
 from tests.helpers import study
 
 
@@ -138,6 +139,22 @@ def test_a_truncated_shard_is_named_in_the_error(tmp_path):
     assert any(str(shard) in problem for problem in verify(manifest))
 
 
+def test_a_flipped_byte_inside_a_member_is_caught_before_any_sample_of_its_shard_is_used(tmp_path):
+    """A bit a failing disk flipped in a sample's bytes leaves every tar header valid: the shard's
+    digest (from its manifest) is what catches it, for training and evaluation alike."""
+    manifest = numbered_stream(tmp_path, [12] * 2)
+    shard = tmp_path / manifest.tasks[0].splits["train"].shards[1].path
+    data = bytearray(shard.read_bytes())
+    data[512] ^= 0x01  # the first member's first byte, past its header (a class label: "2" becomes "3")
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StreamError, match=f"{shard}: .* differ from the digest in its manifest.*crdist prepare --verify"):
+        read_split(manifest, 1, "train", DECODE)
+    spec = StreamSpec(task=1, split="train", rank=0, world=1, batch_size=4, loader_workers=0, shuffle_buffer=1, seed=0)
+    with pytest.raises(StreamError, match=str(shard)):
+        list(RankStream(manifest, spec, DECODE).batches(0))
+    assert any(str(shard) in problem for problem in verify(manifest))
+
+
 def _archive(fmt) -> bytes:
     """A tar in ``fmt`` with what other writers put in shards: long and non-ASCII names, a float
     mtime (a PAX header per member), a directory, a symlink, an empty member, WebDataset metadata."""
@@ -187,8 +204,12 @@ def test_a_shard_cut_at_a_member_boundary_is_named_in_the_error(tmp_path):
     with tarfile.open(shard) as tar:
         third = tar.getmembers()[2]
     shard.write_bytes(shard.read_bytes()[:third.offset])  # two whole members, nothing after them
-    with pytest.raises(StreamError, match=rf"{shard}: ends without the end-of-archive block"):
+    # Against its manifest, the shard's digest catches it before a member is read...
+    with pytest.raises(StreamError, match=rf"{shard}: {third.offset:,} bytes that differ from the digest"):
         read_split(manifest, 1, "train", DECODE)
+    # ...and the tar reader alone still sees a cut there (a stream read without its manifest).
+    with open(shard, "rb") as stream, pytest.raises(TarFormatError, match="ends without the end-of-archive block"):
+        list(tar_members(stream))
 
 
 def test_decoding_by_lookup_gives_the_floats_of_the_tensor_operations():
@@ -214,6 +235,9 @@ def test_a_corrupt_image_is_named_in_the_error(tmp_path):
         for member, data in members:
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+    # Written so (a corrupt image in the source), the shard matches its manifest: the decoder names it.
+    record = manifest.tasks[0].splits["train"].shards[0]
+    record.bytes, record.sha256, record.xxh3 = shard.stat().st_size, sha256_of(shard), digest_file(shard).value
     with pytest.raises(Exception, match=rf"{shard}.*cannot decode image"):
         read_split(manifest, 1, "train", DECODE)
     for cache_bytes in (0, 1 << 20):  # a training stream, which decodes as it reads with the cache
