@@ -45,6 +45,33 @@ def alive(process: psutil.Process) -> bool:
         return False
 
 
+# Secrets a user's environment may hold while a study runs: Ray's token (the private cluster then
+# takes it as its own), MLflow's and W&B's credentials.
+CANARIES = {
+    "RAY_AUTH_TOKEN": "ca11ab1e" * 8,
+    "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-7f3e9d",
+    "MLFLOW_TRACKING_TOKEN": "canary-mlflow-token-91ab2c",
+    "WANDB_API_KEY": "canary00wandb00key00" + "5" * 20,
+}
+
+
+def gcs_address(driver_pid: int) -> str | None:
+    """The GCS address of the private cluster a driver started, as its raylet was told it."""
+    try:
+        children = psutil.Process(driver_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    for child in children:
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        for arg in cmdline:
+            if arg.startswith("--gcs-address="):
+                return arg.split("=", 1)[1]
+    return None
+
+
 @pytest.fixture
 def ray_start_cluster():
     """A cluster started with `ray start --head` on loopback, as on a node where someone ran it: it
@@ -59,14 +86,23 @@ def ray_start_cluster():
 
 
 def test_ray_address_joins_and_no_address_starts_a_private_cluster_beside_others(tmp_path, ray_start_cluster):
-    # Two studies at once: one under RAY_ADDRESS, one without an address on the same machine, where
-    # `ray start` has left /tmp/ray/ray_current_cluster. The private one starts once the joined
-    # one is under way, so it sees another crdist's Ray running too.
+    """Two studies at once: one under RAY_ADDRESS, one without an address on the same machine, where
+    `ray start` has left /tmp/ray/ray_current_cluster. The private one starts once the joined one is
+    under way, so it sees another crdist's Ray running too. The private one's environment holds
+    secrets (Ray's token, which its cluster then takes, MLflow's and W&B's credentials) with every
+    tracker on: its cluster runs code only for a client with that token, and no secret reaches
+    anything the study writes."""
     plain = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     joined = start(tmp_path, "joined", env={**plain, "RAY_ADDRESS": ray_start_cluster, "RAY_AUTH_MODE": "token"})
     wait_for(lambda: "joined the Ray cluster" in (tmp_path / "joined.log").read_text(), 300,
              "the first run to join", alive=joined)
-    private = start(tmp_path, "private", "seed=1", env=plain)
+    # 200 steps: the private study outlives the clients' tries (under a minute).
+    private = start(tmp_path, "private", "seed=1", "train.max_steps=200", "tracking.tensorboard=true",
+                    "tracking.mlflow=true", "tracking.wandb=true", env={**plain, **CANARIES})
+    address = wait_for(lambda: gcs_address(private.pid), 300, "the private cluster's GCS", alive=private)
+    home = tmp_path / "home"
+    home.mkdir()
+    assert_door_shut(address, CANARIES["RAY_AUTH_TOKEN"], home)
     codes = {name: finish(p) for name, p in (("joined", joined), ("private", private))}
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in codes}
     assert codes == {"joined": 0, "private": 0}, {n: logs[n][-2000:] for n in codes if codes[n]}
@@ -75,6 +111,15 @@ def test_ray_address_joins_and_no_address_starts_a_private_cluster_beside_others
     assert "started a local Ray cluster" in logs["private"] and "joined" not in logs["private"]
     for name in codes:
         assert (tmp_path / "runs" / name / "report" / "metrics.json").is_file()
+
+    # Everything written (run directories, logs, configs, events, the trackers' stores, the
+    # consoles' output) is free of every secret.
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("mlflow" in p.parts for p in written) and any("wandb" in p.parts for p in written)
+    for path in written:
+        data = path.read_bytes()
+        for name, value in CANARIES.items():
+            assert value.encode() not in data, f"{name} found in {path}"
 
 
 def _group_of(process: psutil.Process) -> int | None:
@@ -147,53 +192,3 @@ def test_a_driver_killed_as_a_train_job_starts_leaves_no_process_once_the_run_is
                 p.kill()
             except psutil.Error:
                 pass
-
-
-# Secrets a user's environment may hold while a study runs: Ray's token (the private cluster then
-# takes it as its own), MLflow's and W&B's credentials.
-CANARIES = {
-    "RAY_AUTH_TOKEN": "ca11ab1e" * 8,
-    "MLFLOW_TRACKING_PASSWORD": "canary-mlflow-password-7f3e9d",
-    "MLFLOW_TRACKING_TOKEN": "canary-mlflow-token-91ab2c",
-    "WANDB_API_KEY": "canary00wandb00key00" + "5" * 20,
-}
-
-
-def gcs_address(driver_pid: int) -> str | None:
-    """The GCS address of the private cluster a driver started, as its raylet was told it."""
-    try:
-        children = psutil.Process(driver_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return None
-    for child in children:
-        try:
-            cmdline = child.cmdline()
-        except psutil.Error:
-            continue
-        for arg in cmdline:
-            if arg.startswith("--gcs-address="):
-                return arg.split("=", 1)[1]
-    return None
-
-
-def test_the_private_cluster_runs_code_only_for_its_token_and_no_secret_reaches_the_run_directory(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(CANARIES)
-    # 200 steps: the study outlives the clients' tries (a minute at most).
-    process = start(tmp_path, "secrets", "train.max_steps=200", "tracking.tensorboard=true", "tracking.mlflow=true",
-                    "tracking.wandb=true", env=env)
-    address = wait_for(lambda: gcs_address(process.pid), 180, "the private cluster's GCS", alive=process)
-    home = tmp_path / "home"
-    home.mkdir()
-    assert_door_shut(address, CANARIES["RAY_AUTH_TOKEN"], home)
-    assert finish(process) == 0, (tmp_path / "secrets.log").read_text()[-3000:]
-
-    # Everything crdist wrote (run directory, logs, config, events, the trackers' stores, the
-    # console's output) is free of every secret.
-    written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any(p.parts[-3:-1] == ("tracking", "mlflow") or "mlflow" in p.parts for p in written)
-    assert any("wandb" in p.parts for p in written)
-    for path in written:
-        data = path.read_bytes()
-        for name, value in CANARIES.items():
-            assert value.encode() not in data, f"{name} found in {path}"
