@@ -70,9 +70,9 @@ def checkpoints(run_dir: RunDir, method: str, task: int) -> list[Damage]:
 
     found = []
     complete = TaskCheckpoints(run_dir.checkpoints(method, task))._complete()
-    sound = [c for c in complete if checkpoint_problem(c) is None]
-    for checkpoint in complete:
-        reason = checkpoint_problem(checkpoint)
+    problems = {checkpoint: checkpoint_problem(checkpoint) for checkpoint in complete}
+    sound = [c for c in complete if problems[c] is None]
+    for checkpoint, reason in problems.items():
         if reason is None:
             continue
         before = [c for c in sound if c.name < checkpoint.name]

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from crdist.data.shards import sha256_of
 from crdist.integrity import digest_file
 
 
@@ -31,7 +31,7 @@ def bench_digest(gib: float, backbone: str) -> int:
             for _ in range(0, size, 1 << 24):
                 f.write(os.urandom(min(1 << 24, size - f.tell())))
         rows = [("xxh3_128 (crdist's records)", _seconds(lambda: digest_file(path)), size),
-                ("sha256 (shard manifests)", _seconds(lambda: _sha256(path)), size)]
+                ("sha256 (shard manifests)", _seconds(lambda: sha256_of(path)), size)]
         path.unlink()
         print(f"bench digest: one file of {size / 2**30:.2f} GiB, from the page cache\n")
         print(f"{'hash':<28}  {'seconds':>8}  {'GiB/s':>6}")
@@ -51,11 +51,6 @@ def _seconds(work) -> float:
     started = time.perf_counter()
     work()
     return time.perf_counter() - started
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _OneRankEngine:

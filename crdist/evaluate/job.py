@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from crdist.integrity import verify, write_sealed_json
+from crdist.integrity import write_sealed_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder
 from crdist.data.stream import read_split, stream_split
@@ -63,8 +63,7 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
     manifest = Manifest.load(job.shards)
     model = build_classifier(job.model, manifest.in_channels, manifest.num_classes, job.seed,
                              image_size=manifest.image_size)
-    verify(job.weights)  # crdist's own c_i: it must have its digest, and match it
-    load_into(model, job.weights)
+    load_into(model, job.weights, sealed=True)  # crdist's own c_i, checked against its digest
     model.eval().to(device)
     classes = manifest.task(job.task).classes
     decode = make_decoder(manifest, job.model)

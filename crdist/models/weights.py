@@ -28,13 +28,14 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str,
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``; checked against its digest first when it has one (every file crdist
-    wrote has; a file from elsewhere, e.g. converted pretrained weights, may not)."""
+def load_weights(path: str | Path, sealed: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked against its digest first when it has one (every file crdist
+    wrote has; a file from elsewhere, e.g. converted pretrained weights, may not). ``sealed``: the
+    file is crdist's own (a c_i), so a missing digest is damage too."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    if record_path(path).is_file():
+    if sealed or record_path(path).is_file():
         verify(path)
     try:
         return load_file(str(path))
@@ -42,10 +43,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def load_into(model: nn.Module, path: str | Path, backbone_only: bool = False) -> None:
+def load_into(model: nn.Module, path: str | Path, backbone_only: bool = False, sealed: bool = False) -> None:
     """Load ``path`` into ``model``; with ``backbone_only`` a file without the head (or with a
     different head) is accepted, e.g. pretrained weights converted from another project."""
-    state = load_weights(path)
+    state = load_weights(path, sealed)
     if backbone_only:
         if not any(k.startswith("backbone.") for k in state):
             state = {f"backbone.{k}": v for k, v in state.items()}

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from crdist.atomic import room_for, write_text
-from crdist.integrity import verify, write_sealed_json
+from crdist.integrity import write_sealed_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder, to_device
 from crdist.data.stream import RankStream, StreamSpec
@@ -163,8 +163,7 @@ class Trainer:
         job = self.job
         model = build_classifier(job.model, self.manifest.in_channels, self.manifest.num_classes, job.seed,
                                  image_size=self.manifest.image_size)
-        verify(job.init_weights)  # c_{i-1}: crdist's own, so it must have its digest (and match it)
-        load_into(model, job.init_weights)
+        load_into(model, job.init_weights, sealed=True)  # c_{i-1}: crdist's own, checked against its digest
         if job.train.activation_checkpointing:
             blocks = activation_checkpointing.enable(model.backbone, job.model.backbone)
             log.info("%s: activation checkpointing in %d blocks", job.label, blocks)

@@ -105,7 +105,8 @@ def small_disk(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", f"crdist-{uuid.uuid4().hex[:8]}",
                               str(mount_point)], capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here (needs root): {mounted.stderr.strip()}")
+        pytest.skip("the full-disk test mounts a 32 MiB tmpfs of its own, which needs root (or CAP_SYS_ADMIN in a "
+                    f"container); `mount` said: {mounted.stderr.strip()}")
     try:
         yield mount_point
     finally:
