@@ -33,7 +33,6 @@ import webdataset as wds
 from webdataset.filters import pipelinefilter
 
 from crdist.data.manifest import Manifest, ShardRecord
-from crdist.data.augment import AugmentingDecoder
 from crdist.data.cache import ShardCache
 from crdist.data.samples import ImageDecoder, SampleError, collate, concat, take
 from crdist.data.tarstream import tar_to_samples
@@ -201,6 +200,10 @@ class RankStream:
         if not isinstance(self.decode, ImageDecoder):
             raise StreamError(f"data.augment={self.spec.augment} applies to images; this stream holds "
                               f"{self.manifest.modality}")
+        # Imported only for a study that augments: it imports torchvision (see
+        # crdist/models/backbones/__init__.py).
+        from crdist.data.augment import AugmentingDecoder
+
         return AugmentingDecoder(self.decode, self.spec.augment, self.spec.seed, self.spec.task, epoch)
 
 

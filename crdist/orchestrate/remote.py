@@ -20,6 +20,10 @@ def fit_train_job(jobs, progress, stop, storage, run_name) -> dict:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def deepspeed_cpu_op_cached() -> bool:
+    from crdist.train.extensions import comm_op_built
+
+    if comm_op_built():  # asked first: it costs no import of torch or DeepSpeed
+        return True
     from crdist.train.engine import cpu_comm_op_cached
 
     return cpu_comm_op_cached()

@@ -8,33 +8,23 @@ Facts this module encodes (accelerate 1.15, deepspeed 0.19, no CUDA):
   transformers must be installed even for vision-only studies.
 - ZeRO-3 only consolidates weights on save with ``stage3_gather_16bit_weights_on_model_save``;
   in fp32 training the gathered weights are fp32 despite the key's name.
-- DeepSpeed JIT-builds its CPU comm op into ``TORCH_EXTENSIONS_DIR``, by default one folder per
-  user (``~/.cache/torch_extensions/py311_<cuda>``) shared by every Python environment. Two
-  environments whose torch lives at different paths then rebuild the op in turn, each build about
-  a minute on 2 cores with every other loader waiting on its lock; a train job that started during
-  such a build was seen waiting past its test's deadline. So crdist defaults it to one folder per
-  environment (``TORCH_EXTENSIONS_DIR`` set by the user wins).
+- DeepSpeed JIT-builds its CPU comm op into ``TORCH_EXTENSIONS_DIR``, which crdist defaults to one
+  folder per Python environment (why: ``crdist/train/extensions.py``).
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import os
-import sys
 import time
 import weakref
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from crdist.train.config import TrainConfig
+from crdist.train.extensions import COMM_OP, comm_op_built, extensions_root
 
-os.environ.setdefault(
-    "TORCH_EXTENSIONS_DIR",
-    str(Path.home() / ".cache" / "torch_extensions" / f"env-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]}"),
-)
+extensions_root()  # sets TORCH_EXTENSIONS_DIR before DeepSpeed's first build can read it
 
 
 # ZeRO-3 on CPU. DeepSpeed's defaults are sized for GPUs: a 5e8-element reduce bucket (larger than
@@ -180,17 +170,14 @@ def reset_optimizer_state(optimizer) -> None:
     inner.state.clear()
 
 
-COMM_OP = "ShareMemCommBuilder"
-
-
 def cpu_comm_op_cached() -> bool:
-    """Whether DeepSpeed's CPU shared-memory comm op is already compiled on this machine."""
-    from torch.utils.cpp_extension import _get_build_directory
-
+    """Whether DeepSpeed's CPU shared-memory comm op is already compiled on this machine (or not
+    needed: DeepSpeed's accelerator here is not the CPU's)."""
+    if comm_op_built():
+        return True
     from deepspeed.accelerator import get_accelerator
 
-    builder = get_accelerator().create_op_builder(COMM_OP)
-    return builder is None or any(Path(_get_build_directory(builder.name, False)).glob("*.so"))
+    return get_accelerator().create_op_builder(COMM_OP) is None
 
 
 def build_cpu_comm_op() -> float:

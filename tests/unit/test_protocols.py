@@ -159,8 +159,9 @@ from pathlib import Path
 from crdist.evaluate.job import run_eval_job
 from crdist.memory import peak_memory_bytes
 import torch
+import torchvision  # the ViT's library, which its builder imports on first use (~140 MB of modules)
 job = pickle.loads(Path(sys.argv[1]).read_bytes())
-# what the process holds before the evaluation (torch, crdist, the allocator's arenas)
+# what the process holds before the evaluation (torch, torchvision, crdist, the allocator's arenas)
 Path("/proc/self/clear_refs").write_text("5")
 before = peak_memory_bytes(torch.device("cpu"))
 result = run_eval_job(job)

@@ -46,4 +46,7 @@ def without_prefix(prefix: str) -> KeyMapping:
     return lambda state, module: {k: v for k, v in state.items() if not k.startswith(prefix)}
 
 
+# The torchvision families import torchvision inside their builders, not at module import: it
+# pulls in torch._dynamo and sympy, about 2 s of CPU that every process importing crdist's models
+# (the driver, each train and eval worker) paid even for studies that build none of them.
 from crdist.models.backbones import densenet, hf_encoder, mobilenet, resnet, small_cnn, vit  # noqa: E402,F401

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import torchvision
 from torch import nn
 
 from crdist.models.backbones import backbone
@@ -30,11 +29,15 @@ def _torchvision_keys(state: dict, module: nn.Module) -> dict:
 def _dense_blocks(net: nn.Module) -> list[nn.Module]:
     # Whole dense blocks, not their layers: a layer's input is the block's list of features so
     # far, which grows after the call, so recomputing a layer later would see the wrong list.
-    return [m for m in net.modules() if isinstance(m, torchvision.models.densenet._DenseBlock)]
+    from torchvision.models.densenet import _DenseBlock
+
+    return [m for m in net.modules() if isinstance(m, _DenseBlock)]
 
 
 @backbone("densenet121", pretrained_keys=_torchvision_keys, blocks=_dense_blocks)
 def densenet121(in_channels: int, model_cfg=None, image_size: int | None = None) -> tuple[nn.Module, int]:
+    import torchvision  # here, not at import (see crdist/models/backbones/__init__.py)
+
     net = torchvision.models.densenet121(weights=None)
     if in_channels != 3:
         net.features.conv0 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

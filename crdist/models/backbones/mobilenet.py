@@ -10,7 +10,6 @@ of padding, so the builder refuses them and says to resize the stream (``data.im
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from crdist.config import ConfigError
@@ -20,7 +19,9 @@ MIN_IMAGE_SIZE = 32  # the network's total stride
 
 
 def _inverted_residuals(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.features if isinstance(m, torchvision.models.mobilenetv2.InvertedResidual)]
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    return [m for m in net.features if isinstance(m, InvertedResidual)]
 
 
 @backbone("mobilenet-v2", pretrained_keys=without_prefix("classifier."), blocks=_inverted_residuals)
@@ -29,6 +30,8 @@ def mobilenet_v2(in_channels: int, model_cfg=None, image_size: int | None = None
         raise ConfigError(f"model.backbone: mobilenet-v2 downsamples its input {MIN_IMAGE_SIZE}×, so this stream's "
                           f"{image_size} px images would leave its last layers a single pixel of mostly padding; "
                           f"set data.image_size to {MIN_IMAGE_SIZE} or more (e.g. 64) to resize them")
+    import torchvision  # here, not at import (see crdist/models/backbones/__init__.py)
+
     net = torchvision.models.mobilenet_v2(weights=None)
     if in_channels != 3:
         first = net.features[0][0]

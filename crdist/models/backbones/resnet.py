@@ -8,7 +8,6 @@ the CIFAR stem's first convolution, whose shape differs (the error says so).
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from crdist.models.backbones import backbone, without_prefix
@@ -17,6 +16,8 @@ DEPTHS = (18, 34, 50, 101, 152)
 
 
 def _resnet(depth: int, in_channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
+    import torchvision  # here, not at import (see crdist/models/backbones/__init__.py)
+
     net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
     if cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from crdist.config import ConfigError
 from crdist.models.backbones import backbone
@@ -45,6 +44,8 @@ SIZES = {
 def _torchvision_keys(state: dict, module: nn.Module) -> dict:
     state = {k: v for k, v in state.items() if not k.startswith("heads.")}
     if "encoder.pos_embedding" in state and state["encoder.pos_embedding"].shape != module.encoder.pos_embedding.shape:
+        from torchvision.models.vision_transformer import interpolate_embeddings
+
         state = dict(interpolate_embeddings(module.image_size, module.patch_size, state))
     return state
 
@@ -59,6 +60,9 @@ def _build(name: str, in_channels: int, model_cfg, image_size: int | None) -> tu
         raise ConfigError(f"model.backbone: {name} with {patch}-pixel patches needs an image side divisible by "
                           f"{patch}; this stream's images are {image_size} px (set model.patch_size, or "
                           "data.image_size where the benchmark has one)")
+    # Imported here, not at import (see crdist/models/backbones/__init__.py).
+    from torchvision.models.vision_transformer import VisionTransformer
+
     net = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=size.layers,
                             num_heads=size.heads, hidden_dim=size.hidden, mlp_dim=size.mlp)
     if in_channels != 3:
