@@ -270,15 +270,10 @@ def _default_config() -> Path:
 
 
 def _run(args) -> int:
-    from crdist.config import from_dict, to_dict
-    from crdist.orchestrate.driver import run_study
-    from crdist.study import StudyConfig, load_study
+    from crdist.api import run_study
 
     path = Path(args.config) if args.config else _default_config()
-    study = load_study(path, args.overrides)
-    if args.name:
-        study = from_dict(StudyConfig, {**to_dict(study), "name": args.name}, source="--name")
-    run_study(study, str(path), address=args.address)
+    run_study(path, args.overrides, name=args.name, address=args.address)
     return 0
 
 

@@ -153,7 +153,7 @@ def _feed_trackers(tracking: Tracking | None, steps: dict, run_dir: RunDir, cons
         return
     tracking.begin(Plan(steps), run_dir.logs / "events.jsonl", console.record)
     console.follow(tracking.record)
-    console.print(f"track  {', '.join(tracking.labels()) or 'no tracker'} → {run_dir.tracking}")
+    console.print(f"track  {tracking.describe(run_dir.tracking) or 'no tracker'}")
 
 
 def _check_modality(study, manifest: Manifest) -> None:

@@ -80,6 +80,11 @@ class Tracking:
             raise
         return cls(trackers, run_dir.report, warn)
 
+    def describe(self, directory: Path) -> str:
+        """Each tracker and where its records go: its own ``where`` (a server's run page), else the
+        run's tracking directory."""
+        return "; ".join(f"{f.tracker.label} → {getattr(f.tracker, 'where', None) or directory}" for f in self.feeds)
+
     def keys(self) -> list[str]:
         return [feed.tracker.key for feed in self.feeds]
 

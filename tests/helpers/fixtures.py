@@ -236,3 +236,31 @@ def tiny_bert(directory: Path) -> Path:
                         intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(directory)
     return directory
+
+
+# -- An image folder of photographs, for `crdist bench data --folder` -----------------------------
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+
+
+def photo_folder(root: Path, classes: int = 4, per_class: int = 700, size: int = 224, test_per_class: int = 0,
+                 seed: int = 0) -> Path:
+    """``root/train/<class>/<n>.jpg`` (and ``root/test/…``): ``size``-pixel JPEGs (quality 90), class
+    k cut at random places, scales and flips from scikit-image's photograph PHOTOS[k], so that
+    each file decodes like a real photo (detail, noise, JPEG blocks), not like flat test colours."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    for k in range(classes):
+        photo = Image.fromarray(getattr(skimage.data, PHOTOS[k % len(PHOTOS)])()).convert("RGB")
+        for split, count in (("train", per_class), ("test", test_per_class)):
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                side = int(rng.integers(min(photo.size) // 3, min(photo.size) + 1))
+                x, y = (int(rng.integers(0, photo.size[i] - side + 1)) for i in (0, 1))
+                crop = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BILINEAR)
+                if rng.random() < 0.5:
+                    crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                crop.save(folder / f"{n:05d}.jpg", format="JPEG", quality=90)
+    return root

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import crdist
+from crdist.api import FINAL_ACCURACY
 from crdist.bench import overhead
 from crdist.evaluate.metrics import summarize
 from tests.helpers import ROOT, fixtures
@@ -15,13 +17,16 @@ METHODS = ["sgd", "lpft", "frozen"]
 PROTOCOLS = ["knn", "linear", "finetune"]
 
 
-def crdist_run(tmp_path, *overrides):
-    args = [
+def study_sets(tmp_path):
+    return [
         "name=short", f"runs_dir={tmp_path / 'runs'}", f"data.shards={tmp_path / 'shards'}", "data.tasks=2",
         "train.epochs=1", "train.max_steps=6", "train.log_every=3", "train.zero_stage=3",
         "evaluate.finetune.steps=5", "evaluate.finetune.repeats=2", f"train.methods=[{','.join(METHODS)}]",
-        *overrides,
     ]
+
+
+def crdist_run(tmp_path, *overrides):
+    args = [*study_sets(tmp_path), *overrides]
     command = [sys.executable, "-m", "crdist", "run"] + [x for a in args for x in ("--set", a)]
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
 
@@ -103,16 +108,76 @@ def test_a_short_study_through_ray_writes_every_report_file(finished_run):
             assert pids[0] == pids[1]
 
 
+# The same study through the Python API, in a process of its own: what it returns, or the
+# exception it raises (the last line of output, as JSON).
+API_RUN = """
+import json, sys
+import crdist
+from crdist.errors import CrdistError
+try:
+    run = crdist.run_study(overrides=sys.argv[1:])
+except CrdistError as err:
+    print(json.dumps({"raised": type(err).__name__, "message": str(err)}))
+else:
+    print(json.dumps({"path": str(run.path), "finished": run.finished}))
+"""
+
+
+def api_run(tmp_path, *overrides):
+    sets = [*study_sets(tmp_path), *overrides]
+    result = subprocess.run([sys.executable, "-c", API_RUN, *sets], capture_output=True, text=True, cwd=ROOT,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_rerunning_reuses_finished_jobs_and_a_changed_config_is_refused(finished_run):
     tmp_path, _ = finished_run
-    again = crdist_run(tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "(continuing)" in again.stdout and "already done" in again.stdout
-    assert " step " not in again.stdout  # no training step ran again
+    # Through the Python API: the finished run is continued, nothing trains again, the run returned.
+    out, returned = api_run(tmp_path)
+    assert "(continuing)" in out and "already done" in out
+    assert " step " not in out  # no training step ran again
+    assert returned == {"path": str(tmp_path / "runs" / "short"), "finished": True}
 
     changed = crdist_run(tmp_path, "train.max_steps=7")
     assert changed.returncode == 1
     assert "was started with a different config" in changed.stderr and "max_steps" in changed.stderr
+    # The API raises crdist's exception instead of exiting.
+    _, raised = api_run(tmp_path, "train.max_steps=7")
+    assert raised["raised"] == "RunDirError" and "was started with a different config" in raised["message"]
+
+
+@pytest.mark.smoke
+def test_the_python_api_reads_the_run_as_its_report_files_hold_it(finished_run):
+    tmp_path, _ = finished_run
+    path = tmp_path / "runs" / "short"
+    run = crdist.load_run(path)
+    assert (run.finished, run.methods, run.protocols, run.tasks) == (True, METHODS, PROTOCOLS, 2)
+    reported = json.loads((path / "report" / "metrics.json").read_text())
+    tidy = run.metrics()
+    for method in METHODS:
+        for protocol in PROTOCOLS:
+            accuracy = json.loads((path / "report" / f"matrix_{method}_{protocol}.json").read_text())["accuracy"]
+            assert run.matrix(method, protocol).tolist() == accuracy
+            rows = tidy[(tidy["method"] == method) & (tidy["protocol"] == protocol)]
+            summary = rows[rows["task"].isna()]
+            assert dict(zip(summary["metric"], summary["value"])) == reported[method][protocol]
+            final = rows[rows["metric"] == FINAL_ACCURACY]
+            assert final["task"].tolist() == [1, 2] and final["value"].tolist() == accuracy[-1]
+    # The journal's train and eval jobs, in its order, each with what the journal says of it.
+    journal = [json.loads(line) for line in (path / "journal.jsonl").read_text().splitlines()]
+    jobs = [e for e in journal if e.get("job", "").split("/")[0] in ("train", "eval")]
+    events = run.events()
+    assert list(zip(events["event"], events["job"])) == [(e["event"], e["job"]) for e in jobs]
+    trained = events[(events["kind"] == "train") & (events["event"] == "finished")]
+    assert sorted(zip(trained["method"], trained["task"], trained["steps"])) == sorted(
+        (m, t, 0 if m == "frozen" else 6) for m in METHODS for t in (1, 2))
+    evaluated = events[(events["kind"] == "eval") & (events["event"] == "finished")]
+    assert sorted(evaluated["checkpoint"]) == sorted(["c_0"] * 2 + [f"{m}/c_{i}" for m in METHODS for i in (1, 2)] * 2)
+    steps = run.train_steps()
+    logged = [e for e in map(json.loads, (path / "logs" / "events.jsonl").read_text().splitlines())
+              if e.get("body", e).get("kind") == "train"]
+    assert len(steps) == len(logged) and set(steps["method"]) == {"sgd", "lpft"}
 
 
 def run_config(config, tmp_path, *overrides):

@@ -17,6 +17,7 @@ from crdist.bench.faults import checkpoint_on_disk, events, wait_for, worker_pid
 from crdist.models.weights import load_weights
 from crdist.train.checkpoint import TaskCheckpoints
 from tests.helpers import ROOT
+from tests.helpers.mlflow_server import mlflow_server
 from tests.helpers.ray_clusters import new_temp_dir, ray_start, ray_stop
 from tests.helpers.studies import (
     TENSORBOARD,
@@ -153,11 +154,39 @@ def test_workers_of_methods_with_state_killed_mid_task_resume_bit_identical(refe
 
 
 def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finished_jobs(reference):
+    """...and feeds TensorBoard and a real MLflow tracking server each scalar once across the three
+    driver runs, without writing the server's credentials anywhere."""
     tmp_path, reference_dir = reference
     run_dir = tmp_path / "runs" / "driver"
+    with mlflow_server(tmp_path / "mlflow-server") as server:
+        uri = server.uri
+        stopped_killed_and_resumed(tmp_path, run_dir, reference_dir, uri)
+        assert_mlflow_holds_each_scalar_once(uri, run_dir)
+        assert_a_server_gone_mid_study_is_turned_off_with_one_warning(server, run_dir)
+    # A server that is down at the start: one line naming it, before anything runs.
+    down = subprocess.run(command(tmp_path, "driver", TENSORBOARD, *mlflow_at(uri)), cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert down.stderr.strip().splitlines()[-1].startswith(f"crdist: error: tracking.mlflow_uri: no MLflow tracking "
+                                                           f"server answers at {uri} (")
+    # The server's token, in MLflow's own environment variable, was written nowhere.
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "mlflow-server" not in p.parts]
+    assert not [p for p in written if MLFLOW_TOKEN.encode() in p.read_bytes()]
+
+
+MLFLOW_TOKEN = "canary-mlflow-token-5d1c0b"
+
+
+def mlflow_at(uri):
+    return ["tracking.mlflow=true", f"tracking.mlflow_uri={uri}"]
+
+
+def stopped_killed_and_resumed(tmp_path, run_dir, reference_dir, uri):
+    trackers = [TENSORBOARD, *mlflow_at(uri)]
+    env = {**os.environ, "MLFLOW_TRACKING_TOKEN": MLFLOW_TOKEN}  # MLflow's client sends it; the server ignores it
 
     # 1. SIGTERM to the driver: the train job checkpoints and the driver exits cleanly.
-    first = start(tmp_path, "driver", TENSORBOARD)
+    first = start(tmp_path, "driver", *trackers, env=env)
     wait_for(checkpoint_on_disk(run_dir, "lpft", 1, 10), 300, "a checkpoint of task 1", alive=first)
     first.send_signal(signal.SIGTERM)
     assert finish(first, timeout=120) == 143
@@ -167,13 +196,13 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     assert any(e["event"] == "stopped" and e["job"] == "train/lpft/1" for e in journal(run_dir))
 
     # 2. The same command continues; SIGKILL the driver in the middle of task 2.
-    second = start(tmp_path, "driver", TENSORBOARD)
+    second = start(tmp_path, "driver", *trackers, env=env)
     # A second driver of the same run directory is refused while this one holds it. (Asked as soon
     # as it holds the directory: its start-up takes seconds, in which task 2 could have ended.)
     wait_for(lambda: sum(e["event"] == "run" for e in journal(run_dir)) == 2, 300, "the second driver's start",
              alive=second)
-    intruder = subprocess.run(command(tmp_path, "driver", TENSORBOARD), cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)
+    intruder = subprocess.run(command(tmp_path, "driver", *trackers), cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=env)
     assert intruder.returncode == 1
     assert f"in use by another crdist driver (pid {second.pid} on " in intruder.stderr
     wait_for(checkpoint_on_disk(run_dir, "lpft", 2, 10), 300, "a checkpoint of task 2", alive=second)
@@ -187,7 +216,7 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
         pass
 
     # 3. Once more: it finishes, redoing no finished job.
-    assert finish(start(tmp_path, "driver", TENSORBOARD)) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert finish(start(tmp_path, "driver", *trackers, env=env)) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finished = finished_once(run_dir)
     assert finished["train/lpft/1"]["resumed_from"] == stop_checkpoint
     assert finished["train/lpft/2"]["resumed_from"] >= 10
@@ -215,6 +244,51 @@ def test_the_driver_stopped_by_sigterm_then_killed_resumes_without_redoing_finis
     assert all(value == pytest.approx(want[(tag, step)], rel=1e-6) for tag, points in logged.items()
                for step, value in points)
     assert {tag.split("/")[0] for tag in logged} == {"train", "eval", "report"}
+
+
+def assert_mlflow_holds_each_scalar_once(uri, run_dir):
+    """One MLflow run for the three driver runs, finished, with each scalar of events.jsonl once
+    (less at most the one step a killed driver had not sent yet) and the report as artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("crdist").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "driver"
+    assert run.data.tags["crdist.run_dir"] == str(run_dir.resolve())
+    want = scalars_of_events(run_dir)
+    got = {}
+    for tag in {tag for tag, _ in want}:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, tag)]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice"
+        got.update({(tag, m.step): m.value for m in client.get_metric_history(run.info.run_id, tag)})
+    assert set(got) <= set(want) and len({step for _, step in set(want) - set(got)}) <= 1
+    assert all(value == pytest.approx(want[key], rel=1e-6) for key, value in got.items())
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/report.md", "report/metrics.json", "report/matrix_lpft_knn.json"} <= artifacts
+    print(f"MLflow: {len(got)} of {len(want)} scalars, {len(artifacts)} report files")
+
+
+def assert_a_server_gone_mid_study_is_turned_off_with_one_warning(server, run_dir):
+    """The tracker of a study whose server goes away: the next log fails within MLflow's retries
+    (which crdist shortens), and the fan-out turns it off with one warning; the study would go on."""
+    import time
+
+    from crdist.track.fanout import Tracking
+    from crdist.track.mlflow import MLflowTracker
+    from crdist.track.scalars import Plan
+
+    tracker = MLflowTracker(server.uri, "gone", "gone", run_dir)
+    warnings = []
+    tracking = Tracking([tracker], run_dir / "report", warnings.append)
+    tracking.plan = Plan({("lpft", 1): 140})
+    server.stop()  # gone mid-study
+    started = time.monotonic()
+    train = {"kind": "train", "job": "lpft/task-1", "method": "lpft", "task": 1, "tasks": 2, "phase": "train",
+             "step": 1, "steps": 140, "epoch": 1, "loss": 1.0, "lr": 0.01, "samples_per_s": 1.0, "time": 0.0}
+    tracking.record(train)
+    tracking.record({**train, "step": 2})
+    assert len(warnings) == 1 and "MLflow failed while logging" in warnings[0] and tracking.keys() == []
+    assert time.monotonic() - started < 60
 
 
 def test_a_study_across_two_nodes_survives_losing_one(reference):

@@ -211,6 +211,22 @@ def test_mlflow_continues_the_same_run_and_gets_each_step_once(run, monkeypatch)
         "report/report.md", "report/matrix_sgd_knn.json", "report/matrix_sgd_knn.png"}
 
 
+def test_an_mlflow_server_that_does_not_answer_stops_the_study_at_its_start_in_one_line(run):
+    import socket
+    import time
+
+    from crdist.track.mlflow import ServerDown
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(ServerDown, match=rf"^tracking\.mlflow_uri: no MLflow tracking server answers at {uri} \(") as raised:
+        Tracking.open(TrackingConfig(mlflow=True, mlflow_uri=uri), "study", run, warn=pytest.fail)
+    assert "\n" not in str(raised.value) and time.monotonic() - started < 15
+    assert not (run.tracking / "mlflow").exists()
+
+
 def wandb_records(path: Path):
     """The records of a W&B offline run file (run-<id>.wandb): W&B's own protobuf records, in the
     LevelDB log format that W&B writes them in (32 KiB blocks of checksummed, typed chunks)."""
@@ -338,8 +354,12 @@ def test_a_half_written_last_line_of_a_killed_driver_is_skipped_and_never_merged
 def test_the_tracking_section_is_checked_and_may_change_when_a_run_resumes(tmp_path):
     assert study().tracking == TrackingConfig() and TrackingConfig().enabled() == []
     assert study(tracking={"tensorboard": True, "wandb": True}).tracking.enabled() == ["tensorboard", "wandb"]
-    with pytest.raises(ConfigError, match=r"^test: tracking\.mlflow_uri: must be a file: URI"):
-        study(tracking={"mlflow": True, "mlflow_uri": "http://localhost:5000"})
+    for uri in ("http://localhost:5000", "https://mlflow.internal", "file:///data/mlruns"):
+        assert study(tracking={"mlflow": True, "mlflow_uri": uri}).tracking.mlflow_uri == uri
+    with pytest.raises(ConfigError, match=r"^test: tracking\.mlflow_uri: must be an http\(s\):// tracking server"):
+        study(tracking={"mlflow": True, "mlflow_uri": "sqlite:///mlruns.db"})
+    with pytest.raises(ConfigError, match=r"tracking\.mlflow_uri: must not hold credentials .* MLFLOW_TRACKING_USERNAME"):
+        study(tracking={"mlflow": True, "mlflow_uri": "https://me:secret@mlflow.internal"})
     with pytest.raises(ConfigError, match=r"tracking\.wandb_project: must be 1 to 128 characters"):
         study(tracking={"wandb": True, "wandb_project": "team/project"})
     with pytest.raises(ConfigError, match=r"tracking\.tensorbord: unknown key .*did you mean 'tracking\.tensorboard'"):
