@@ -123,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
         "training step consumes samples.",
     )
     _study_arguments(bench_data)
+    bench_data.add_argument("--folder", type=Path, metavar="DIR",
+                            help="an image folder of your own (DIR/train/<class>/*.jpg|png), all classes in one task, "
+                                 "prepared into shards first (instead of the config's stream)")
+    bench_data.add_argument("--shards", type=Path, metavar="DIR",
+                            help="where --folder's shards go (default: a temporary directory, removed after)")
+    bench_data.add_argument("--image-size", type=int, metavar="N", help="resize the images to N × N (data.image_size)")
+    bench_data.add_argument("--loader-workers", default="0,1,2", metavar="LIST",
+                            help="loader-worker counts to compare, comma-separated (default 0,1,2)")
+    bench_data.add_argument("--rounds", type=int, default=3,
+                            help="interleaved rounds of the stream and the plain loader; the table gives medians "
+                                 "(default 3)")
     bench_data.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     bench_data.set_defaults(handler=_bench_data)
 
@@ -331,7 +342,18 @@ def _bench_train(args) -> int:
 def _bench_data(args) -> int:
     from crdist.bench.data import bench_data
 
-    return bench_data(args.config or _default_config(), args.overrides, args.json)
+    try:
+        workers = tuple(int(w) for w in args.loader_workers.split(","))
+    except ValueError:
+        workers = ()
+    if not workers or min(workers) < 0:
+        raise SystemExit(f"crdist bench data: --loader-workers takes counts ≥ 0, comma-separated (got {args.loader_workers!r})")
+    if args.rounds < 1:
+        raise SystemExit(f"crdist bench data: --rounds must be at least 1 (got {args.rounds})")
+    if args.folder is not None and not args.folder.is_dir():
+        raise SystemExit(f"crdist bench data: --folder {args.folder}: no such directory")
+    return bench_data(args.config or _default_config(), args.overrides, args.json, folder=args.folder,
+                      image_size=args.image_size, loader_workers=workers, rounds=args.rounds, shards=args.shards)
 
 
 def _bench_overhead(args) -> int:

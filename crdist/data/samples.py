@@ -56,15 +56,53 @@ class ImageDecoder:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         # normalize(pixels()) of every 8-bit level in every channel, computed by those very
-        # operations, so a lookup gives the same floats bit for bit. One numpy lookup per image
-        # instead of six small torch operations: a third of the decoding time of an 8 × 8 digit.
+        # operations, so a lookup gives the same floats bit for bit. A lookup per channel instead
+        # of six small torch operations: a third of the decoding time of an 8 × 8 digit. One
+        # ``np.take`` per channel into the output, not one fancy index over (channel, pixel):
+        # 0.42 ms instead of 1.45 ms for a 224 × 224 RGB image, half of its whole decoding.
         levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(channels, 1, 256)
         self._levels = self.normalize(levels.float().div_(255.0)).view(channels, 256).numpy()
-        self._channel = np.arange(channels).reshape(channels, 1, 1)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
         pixels = self._decoded(sample)  # H × W × C
-        return torch.from_numpy(self._levels[self._channel, pixels.transpose(2, 0, 1)]), decode_label(sample)
+        out = np.empty((self.channels, *pixels.shape[:2]), dtype=np.float32)
+        self._normalize_into(pixels, out)
+        return torch.from_numpy(out), decode_label(sample)
+
+    def batch_pixels(self, samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded 8-bit pixels of ``samples`` as one B × H × W × C uint8 batch, and their labels;
+        ``normalize_batch`` of it is the same tensor as ``collate`` of each one's ``__call__``.
+
+        What a stream's loader workers make: a quarter of the bytes of the normalised floats to
+        hand to the trainer (which must cross in shared memory: inside a loader worker the batch is
+        allocated there), and no tensor per image to allocate and then copy into the batch (for a
+        224 × 224 RGB image, that allocation and copy cost more than normalising it)."""
+        first = self._decoded(samples[0])
+        batch = _empty((len(samples), *first.shape), torch.uint8)
+        out = batch.numpy()
+        labels = []
+        for i, sample in enumerate(samples):
+            pixels = first if i == 0 else self._decoded(sample)
+            if pixels.shape != first.shape:
+                raise SampleError(f"{_where(sample)}: {pixels.shape[1]}×{pixels.shape[0]} px in a batch of "
+                                  f"{first.shape[1]}×{first.shape[0]} px images; set data.image_size to give them "
+                                  "one size")
+            out[i] = pixels
+            labels.append(decode_label(sample))
+        return batch, torch.tensor(labels, dtype=torch.long)
+
+    def normalize_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """B × H × W × C uint8 → the normalised B × C × H × W floats (as ``__call__`` gives each)."""
+        source = pixels.numpy()
+        out = np.empty((source.shape[0], self.channels, *source.shape[1:3]), dtype=np.float32)
+        for image, normalised in zip(source, out):  # image by image: 363 µs instead of 674 at 224 px RGB
+            self._normalize_into(image, normalised)
+        return torch.from_numpy(out)
+
+    def _normalize_into(self, pixels: np.ndarray, out: np.ndarray) -> None:
+        """normalize(pixels()) of H × W × C uint8 ``pixels``, written into C × H × W ``out``."""
+        for c in range(self.channels):
+            np.take(self._levels[c], pixels[:, :, c], out=out[c])
 
     def pixels(self, sample: dict) -> torch.Tensor:
         """The image as C × H × W floats in [0, 1] (what augmentation works on)."""
@@ -114,10 +152,28 @@ def make_decoder(manifest, model_cfg):
 def collate(samples: list[tuple[Inputs, int]]) -> tuple[Inputs, torch.Tensor]:
     inputs, labels = zip(*samples)
     if isinstance(inputs[0], dict):
-        batched = {k: torch.stack([x[k] for x in inputs]) for k in inputs[0]}
+        batched = {k: _stack([x[k] for x in inputs]) for k in inputs[0]}
     else:
-        batched = torch.stack(inputs)
+        batched = _stack(inputs)
     return batched, torch.tensor(labels, dtype=torch.long)
+
+
+def _stack(tensors) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker, into shared memory, as torch's own default_collate does:
+    a batch must be in shared memory to cross to the training process, and stacked elsewhere it is
+    copied there again (16 × 3 × 224 × 224 floats: 9.6 MB a batch)."""
+    first = tensors[0]
+    return torch.stack(tensors, out=_empty((len(tensors), *first.shape), first.dtype))
+
+
+def _empty(shape: tuple, dtype=torch.float32) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in shared memory inside a DataLoader worker (the way
+    torch's default_collate allocates its batches there)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    template = torch.empty(0, dtype=dtype)
+    storage = template._typed_storage()._new_shared(int(np.prod(shape)), device=template.device)
+    return template.new(storage).resize_(shape)
 
 
 def concat(parts: list[Inputs]) -> Inputs:

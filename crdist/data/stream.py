@@ -134,6 +134,8 @@ class RankStream:
         batches = rebatch(self._epoch_batches(epoch), loader_batch)
         if not ranked:
             batches = _my_micro_batches(batches, spec)
+        if self._pixels_cross:
+            batches = ((self.decode.normalize_batch(pixels), labels) for pixels, labels in batches)
         return _exactly(islice(batches, steps), steps, f"rank {spec.rank}, task {spec.task} {spec.split}, "
                         f"epoch {epoch}")
 
@@ -162,9 +164,22 @@ class RankStream:
             else _cached_shards(self.cache, self.decode, self.records),
             # The same seed in every loader worker is fine: each shuffles different shards.
             wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=random.Random(shuffle_seed)),
-            wds.map(self._decoder(epoch)),
-            wds.batched(loader_batch, collation_fn=collate, partial=True),
+            *self._decode_and_batch(epoch, loader_batch),
         )
+
+    def _decode_and_batch(self, epoch: int, size: int) -> list:
+        """The pipeline's last stages: images without augmentation are decoded into a batch of 8-bit
+        pixels (``ImageDecoder.batch_pixels``), which ``batches`` normalises once it has crossed
+        from the loader workers; anything else is decoded sample by sample, then collated."""
+        decode = self._decoder(epoch)
+        if self._pixels_cross:
+            return [wds.batched(size, collation_fn=decode.batch_pixels, partial=True)]
+        return [wds.map(decode), wds.batched(size, collation_fn=collate, partial=True)]
+
+    @property
+    def _pixels_cross(self) -> bool:
+        """Whether the loader hands over 8-bit pixels (normalised here) rather than finished inputs."""
+        return isinstance(self.decode, ImageDecoder) and self.spec.augment == "none"
 
     def _loader_for(self, epoch: int) -> torch.utils.data.DataLoader:
         """One loader for every epoch of the stream. Its worker processes persist: each epoch they

@@ -10,7 +10,7 @@ import webdataset as wds
 
 from crdist.data.manifest import ImageInfo, Manifest, SplitRecord, TaskRecord
 from crdist.data.prepare import PrepareError, prepare
-from crdist.data.samples import ImageDecoder, decode_pixels
+from crdist.data.samples import ImageDecoder, SampleError, decode_pixels, make_decoder
 from crdist.data.shards import sha256_of, verify, write_shards
 from crdist.data.sources.base import png_bytes
 from crdist.data.sources.digits import load_digits
@@ -221,6 +221,47 @@ def test_decoding_by_lookup_gives_the_floats_of_the_tensor_operations():
         image, label = decoder(sample)
         assert label == 4 and image.shape == (channels, 16, 16)
         assert torch.equal(image, decoder.normalize(decoder.pixels(sample)))  # every level, bit for bit
+
+
+def test_a_batch_decoded_as_pixels_and_normalised_is_the_collated_samples_bit_for_bit():
+    from crdist.data.samples import collate
+
+    rng = np.random.default_rng(0)
+    decoder = ImageDecoder(3, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+    samples = [{"png": png_bytes(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)), "cls": str(k).encode()}
+               for k in range(5)]
+    pixels, labels = decoder.batch_pixels(samples)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (5, 12, 10, 3)
+    expected = collate([decoder(s) for s in samples])
+    assert torch.equal(decoder.normalize_batch(pixels), expected[0]) and torch.equal(labels, expected[1])
+    odd = {"png": png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), "cls": b"1", "__key__": "odd"}
+    with pytest.raises(SampleError, match=r"odd\): 8×8 px in a batch of 10×12 px images; set data.image_size"):
+        decoder.batch_pixels([samples[0], odd])
+
+
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_jpeg_batches_through_the_pixel_path_equal_the_per_sample_path(tmp_path, monkeypatch, loader_workers):
+    """Real JPEG shards (photographs, 32 px): the stream's batches of pixels, normalised after the
+    loader, are the batches of decoding each sample and collating, bit for bit, in the same order."""
+    from tests.helpers.fixtures import photo_folder
+
+    photo_folder(tmp_path / "photos", classes=2, per_class=24, size=32)
+    cfg = study(data={"benchmark": "imagefolder", "root": str(tmp_path / "photos"), "shards": str(tmp_path / "shards"),
+                      "tasks": 1, "classes_per_task": 2, "shard_size": 8, "adapt_per_class": 2})
+    manifest = prepare(cfg.data, log=lambda line: None)
+    decode = make_decoder(manifest, cfg.model)
+    spec = StreamSpec(task=1, split="train", rank=0, world=1, batch_size=4, loader_workers=loader_workers,
+                      shuffle_buffer=10, seed=0)
+
+    def epoch(e):
+        return [(x.clone(), y.clone()) for x, y in RankStream(manifest, spec, decode).batches(e)]
+
+    fused = epoch(1)
+    assert RankStream(manifest, spec, decode)._pixels_cross
+    monkeypatch.setattr(RankStream, "_pixels_cross", property(lambda self: False))  # decode each, then collate
+    apart = epoch(1)
+    assert len(fused) == len(apart) > 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fused, apart))
 
 
 def test_a_corrupt_image_is_named_in_the_error(tmp_path):
