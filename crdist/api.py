@@ -83,8 +83,7 @@ class Run:
         evaluation has not run yet. A damaged evaluation file is an error naming it."""
         import numpy as np
 
-        from crdist.integrity import problem
-        from crdist.report.matrices import ReportError
+        from crdist.report.matrices import checked_accuracy
 
         self._check(method=method, protocol=protocol)
         run_dir = RunDir(self.path)
@@ -94,11 +93,7 @@ class Run:
                 path = run_dir.evaluation(method, i, j)
                 if not path.is_file():
                     continue
-                reason = problem(path)
-                if reason is not None:
-                    raise ReportError(f"{path}: {reason}. Resume the run (crdist resume {self.path}) to evaluate it "
-                                      "again; crdist verify lists every damaged file")
-                matrix[i, j - 1] = json.loads(path.read_text())["accuracy"][protocol]
+                matrix[i, j - 1] = checked_accuracy(path, run_dir)[protocol]
         return matrix
 
     def metrics(self) -> "pd.DataFrame":

@@ -27,11 +27,7 @@ def collect(run_dir: RunDir, methods: list[str], protocols: list[str], tasks: in
                 if not path.is_file():
                     missing.append(str(path))
                     continue
-                reason = problem(path)
-                if reason is not None:
-                    raise ReportError(f"{path}: {reason}. Resume the run (crdist resume {run_dir.root}) to "
-                                      "evaluate it again; crdist verify lists every damaged file")
-                accuracy = json.loads(path.read_text())["accuracy"]
+                accuracy = checked_accuracy(path, run_dir)
                 for p in protocols:
                     if p not in accuracy:
                         raise ReportError(f"{path}: has no result for protocol {p!r}")
@@ -43,6 +39,16 @@ def collect(run_dir: RunDir, methods: list[str], protocols: list[str], tasks: in
     if missing:
         raise ReportError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
     return matrices
+
+
+def checked_accuracy(path, run_dir: RunDir) -> dict:
+    """An evaluation file's accuracy per protocol, once it matches its digest; a damaged one is an
+    error naming it."""
+    reason = problem(path)
+    if reason is not None:
+        raise ReportError(f"{path}: {reason}. Resume the run (crdist resume {run_dir.root}) to "
+                          "evaluate it again; crdist verify lists every damaged file")
+    return json.loads(path.read_text())["accuracy"]
 
 
 def draws(run_dir: RunDir, method: str, protocol: str, tasks: int) -> list[list[list[float]]] | None:
