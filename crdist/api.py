@@ -14,7 +14,11 @@ and sweeps from a program or a notebook.
     sweep.aggregate(), sweep.paired()  # the sweep report's tables, as DataFrames
 
     run = crdist.run_study("configs/demo.yaml", overrides=["train.methods=[sgd,lpft]"])
+    run = crdist.resume_run("runs/demo")   # continue a run directory with the config it holds
     sweep = crdist.run_sweep("sweeps/seeds.yaml")
+    crdist.write_report("runs/demo")       # rebuild a run's or a sweep's report from its files
+
+The CLI's ``run``, ``resume``, ``sweep`` and ``report`` are these functions and a print.
 
 Everything here reads the files a run writes (``docs/concepts.md``, "The run directory"); the
 numbers are those of the report files, computed by the same code. Errors are crdist's exceptions
@@ -251,6 +255,12 @@ class Sweep:
                 for r in self._results() if r.error is not None]
         return pd.DataFrame(rows, columns=["run", *self.axes, "error"])
 
+    @property
+    def complete(self) -> bool:
+        """Whether some run finished and none failed (``crdist sweep``'s and ``crdist report``'s exit 0)."""
+        results = self._results()
+        return any(r.metrics is not None for r in results) and not any(r.error is not None for r in results)
+
     def pending(self) -> list[str]:
         """The points neither finished nor failed (not run yet, or stopped)."""
         return [r.name for r in self._results() if r.metrics is None and r.error is None]
@@ -332,6 +342,35 @@ def run_study(config: "str | Path | StudyConfig" = "configs/demo.yaml", override
     directory = Path(study.runs_dir) / study.name
     drive(study, source, address=address, directory=directory)
     return load_run(directory)
+
+
+def resume_run(path: str | Path, address: str | None = None) -> Run:
+    """Continue the run in ``path`` with the config its directory holds (``config.yaml``), as
+    ``crdist resume`` does: finished jobs are kept, unfinished ones resume from their last
+    checkpoint. Returns the run."""
+    from crdist.orchestrate.driver import run_study as drive
+
+    run = load_run(path)
+    drive(run.config, str(RunDir(run.path).config_file), address=address, directory=run.path)
+    return load_run(run.path)
+
+
+def write_report(path: str | Path, say=print) -> "Run | Sweep":
+    """(Re)build the report of the run or sweep directory ``path`` from the files its jobs wrote,
+    ``say`` (print by default) given the table; returns the run or sweep, read again. A sweep with
+    no finished run writes no report (``Sweep.failed()`` and ``Sweep.pending()`` say why)."""
+    from crdist.data.manifest import Manifest
+    from crdist.report.write import write_report as write
+    from crdist.sweep import SWEEP_FILE, report_sweep
+
+    root = Path(path)
+    if (root / SWEEP_FILE).is_file():
+        report_sweep(root, say)
+        return load_sweep(root)
+    run = load_run(root)
+    summary = write(RunDir(root), run.config, Manifest.load(root))  # the stream's manifest, copied at start
+    say(f"report written to {summary.directory}\n\n{summary.table}")
+    return run
 
 
 def run_sweep(sweep_file: str | Path, overrides: Sequence[str] = (), address: str | None = None) -> Sweep:

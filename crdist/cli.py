@@ -302,10 +302,9 @@ def _load_run(run_dir: Path):
 
 
 def _resume(args) -> int:
-    from crdist.orchestrate.driver import run_study
+    from crdist.api import resume_run
 
-    run_dir, study = _load_run(args.run_dir)
-    run_study(study, str(run_dir.config_file), address=args.address, directory=run_dir.root)
+    resume_run(args.run_dir, address=args.address)
     return 0
 
 
@@ -381,22 +380,16 @@ def _bench_digest(args) -> int:
 
 
 def _sweep(args) -> int:
-    from crdist.sweep import run_sweep
+    from crdist.api import run_sweep
 
-    return run_sweep(args.sweep_file, address=args.address, overrides=args.overrides)
+    return 0 if run_sweep(args.sweep_file, address=args.address, overrides=args.overrides).complete else 1
 
 
 def _report(args) -> int:
-    from crdist.data.manifest import Manifest
-    from crdist.report.write import write_report
-    from crdist.sweep import SWEEP_FILE, report_sweep
+    from crdist.api import Sweep, write_report
 
-    if (args.run_dir / SWEEP_FILE).is_file():
-        return report_sweep(args.run_dir)
-    run_dir, study = _load_run(args.run_dir)
-    summary = write_report(run_dir, study, Manifest.load(run_dir.root))  # the stream's manifest, copied at start
-    print(f"report written to {summary.directory}\n\n{summary.table}")
-    return 0
+    result = write_report(args.run_dir)
+    return 1 if isinstance(result, Sweep) and not result.complete else 0
 
 
 def _verify(args) -> int:

@@ -71,6 +71,18 @@ def test_a_complete_matrix_is_summarised_as_the_report_would(tmp_path, two_task_
     assert final["task"].tolist() == [1, 2] and final["value"].tolist() == [0.625, 0.75]
 
 
+def test_write_report_builds_the_report_the_api_then_reads(tmp_path, two_task_shards):
+    said = []
+    run = crdist.write_report(a_run(tmp_path, two_task_shards).root, say=said.append)
+    assert run.finished and said[0].startswith(f"report written to {run.path / 'report'}")
+    reported = json.loads((run.path / "report" / "matrix_sgd_knn.json").read_text())["accuracy"]
+    assert reported == run.matrix("sgd", "knn").tolist()
+    metrics = run.metrics()  # now read from report/metrics.json
+    summarised = metrics[metrics["task"].isna()]
+    assert dict(zip(summarised["metric"], summarised["value"])) == json.loads(
+        (run.path / "report" / "metrics.json").read_text())["sgd"]["knn"]
+
+
 def test_a_damaged_evaluation_is_named_not_read(tmp_path, two_task_shards):
     run_dir = a_run(tmp_path, two_task_shards)
     path = run_dir.evaluation("sgd", 1, 2)
@@ -84,6 +96,9 @@ def test_what_is_not_a_run_or_a_sweep_is_a_crdist_error(tmp_path, two_task_shard
         crdist.load_run(tmp_path)
     with pytest.raises(SweepDirError, match="not a sweep directory"):
         crdist.load_sweep(tmp_path)
+    for call in (crdist.write_report, crdist.resume_run):
+        with pytest.raises(RunDirError, match="not a crdist run directory"):
+            call(tmp_path)
     run = crdist.load_run(a_run(tmp_path, two_task_shards).root)
     with pytest.raises(KeyError, match="no method 'lpft'; this run's methods: sgd"):
         run.matrix("lpft", "knn")
