@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,8 @@ import torch
 from crdist.atomic import room_for, write_text
 from crdist.integrity import write_sealed_json
 from crdist.data.manifest import Manifest
-from crdist.data.samples import make_decoder, to_device
+from crdist.data.device_feed import device_feed
+from crdist.data.samples import make_decoder
 from crdist.data.stream import RankStream, StreamSpec
 from crdist.memory import current_memory_bytes, peak_memory_bytes, reset_peak_memory, return_large_frees_to_the_system
 from crdist.methods.base import MethodContext, Phase, build_method, method_class, trainable
@@ -194,7 +196,7 @@ class Trainer:
             method=job.method, task=manifest.task(job.task), num_tasks=job.num_tasks, num_classes=manifest.num_classes,
             modality=manifest.modality, head=job.model.head, lr=job.train.lr, seed=job.seed, rank=self.rank,
             world=self.world, zero_stage=job.train.zero_stage, device=device,
-            batches=lambda epoch: _on_device(self.stream.batches(epoch), device),
+            batches=lambda epoch: device_feed(self.stream.batches(epoch), device),
             task_classes=tuple(tuple(t.classes) for t in manifest.tasks if t.index <= job.task),
         )
         return build_method(job.method, context, job.method_config)
@@ -243,9 +245,9 @@ class Trainer:
             # Resuming mid-epoch replays the epoch's deterministic stream up to the saved position.
             skip = self.start.batch_in_epoch if epoch == self.start.epoch else 0
             batches_used = self.steps_per_epoch[epoch] * accumulation
-            for batch_in_epoch, (images, labels) in enumerate(self.stream.batches(epoch), start=1):
-                if batch_in_epoch <= skip:
-                    continue
+            # The batches a resume replays are read (the order depends on them) but never copied to the device.
+            batches = device_feed(islice(self.stream.batches(epoch), skip, None), accelerator.device)
+            for batch_in_epoch, (images, labels) in enumerate(batches, start=skip + 1):
                 if step >= self.total_steps or stopped or batch_in_epoch > batches_used:
                     break
                 phase, step_in_phase = schedule[step]
@@ -256,7 +258,7 @@ class Trainer:
                 # Before backward: with DeepSpeed, the backward of a step's last micro-batch also runs
                 # the optimizer step.
                 set_learning_rates(optimizer, backbone_lr=lr if phase.train_backbone else 0.0, head_lr=lr)
-                loss = self.method.loss(model, to_device(images, accelerator.device), labels.to(accelerator.device), phase)
+                loss = self.method.loss(model, images, labels, phase)
                 boundary = batch_in_epoch % accumulation == 0
                 self._backward_and_step(loss, lr if phase.train_backbone else 0.0, boundary)
                 self.method.after_step()
@@ -397,11 +399,6 @@ class Trainer:
             self.checkpoints.clear()
         self.accelerator.wait_for_everyone()
         log.info("%s done: %s", job.label, result)
-
-
-def _on_device(batches, device):
-    for inputs, labels in batches:
-        yield to_device(inputs, device), labels.to(device)
 
 
 def _buffers_from_rank0(model) -> None:
