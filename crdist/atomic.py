@@ -25,6 +25,11 @@ class DiskFull(CrdistError, OSError):
         return self.strerror
 
 
+def is_no_room(err: BaseException) -> bool:
+    """Whether ``err`` is a write refused for want of room (its errno says so)."""
+    return getattr(err, "errno", None) in _NO_ROOM
+
+
 def out_of_room(err: BaseException, directory: Path, needed: int) -> bool:
     """Whether ``err`` (raised while writing about ``needed`` bytes into ``directory``) is a disk
     that is full. Python's own writes carry the errno; torch's and safetensors' writers raise their

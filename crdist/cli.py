@@ -32,6 +32,16 @@ def main(argv: list[str] | None = None) -> int:
             return 130 if err.signal_name == "SIGINT" else 143  # as if the signal had ended the process
         print(f"crdist: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+    except OSError as err:
+        from crdist.atomic import is_no_room
+
+        if not is_no_room(err):
+            raise
+        # A write crdist does not wrap itself (a tracker's file, a report): still one line, and
+        # everything written before it is intact (every file crdist keeps is written atomically).
+        print(f"crdist: error: no room to write {err.filename or 'a file'} ({err.strerror}). Everything written "
+              "before it is intact: make room there and run the same command again to continue", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from crdist.atomic import room_for
 from crdist.integrity import write_sealed_json
 from crdist.data.manifest import Manifest
 from crdist.data.samples import make_decoder
@@ -101,7 +102,9 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
     }
-    write_sealed_json(Path(job.output), result)
+    output = Path(job.output)
+    with room_for(output.parent, f"{output.name}, an evaluation's result", needed=64 * 1024):
+        write_sealed_json(output, result)
     return result
 
 

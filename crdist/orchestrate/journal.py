@@ -1,8 +1,9 @@
 """The run's journal: an append-only record of every job it started, finished or stopped.
 
 ``journal.jsonl`` holds one JSON object a line, each flushed and fsynced as it is written, so a
-killed driver loses at most the line it was writing (a torn last line is ignored on reading).
-A rerun reads it to see which jobs are finished and appends to it.
+killed driver loses at most the line it was writing (a torn last line is ignored on reading, and
+the next line written starts a line of its own). A rerun reads it to see which jobs are finished
+and appends to it. A disk too full to append to stops the driver with a ``DiskFull`` that says so.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+from crdist.atomic import disk_full, is_no_room
+
 
 class Journal:
     def __init__(self, path: Path):
@@ -20,10 +23,18 @@ class Journal:
 
     def record(self, event: str, job: str | None = None, **fields) -> None:
         entry = {"time": round(time.time(), 3), "event": event, **({"job": job} if job else {}), **fields}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(entry) + "\n").encode()
+        try:
+            with open(self.path, "ab") as f:
+                if f.tell() and not _ends_a_line(self.path):
+                    line = b"\n" + line  # after a torn line (a kill, a full disk): a line of its own
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            if is_no_room(err):
+                raise disk_full(self.path.parent, f"its journal ({self.path.name})", len(line)) from err
+            raise
 
     def record_run_start(self, resumed: bool) -> None:
         self.record("run", pid=os.getpid(), host=socket.gethostname(), resumed=resumed)
@@ -41,3 +52,9 @@ class Journal:
 
     def finished(self) -> set[str]:
         return {e["job"] for e in self.entries() if e["event"] == "finished"}
+
+
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"

@@ -22,6 +22,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from crdist import audit
+from crdist.atomic import DiskFull, room_for
 from crdist.integrity import write_sealed_json
 from crdist.data.manifest import Manifest
 from crdist.errors import CrdistError
@@ -279,7 +280,9 @@ class Scheduler:
         for job in self.same_weights_waiting.pop((method, row, task), []):
             copy = {**result, "checkpoint": RunDir.checkpoint_label(job.method, job.row), "row": job.row,
                     "same_weights_as": result["checkpoint"], "seconds": 0.0}
-            write_sealed_json(self.run_dir.evaluation(job.method, job.row, task), copy)
+            target = self.run_dir.evaluation(job.method, job.row, task)
+            with room_for(target.parent, f"{target.name}, an evaluation's result", needed=64 * 1024):
+                write_sealed_json(target, copy)
             self.journal.record("finished", job.key, same_weights_as=result["checkpoint"])
             self.console.print(f"eval   {job.label}: same weights as {result['checkpoint']}, its result taken "
                                f"[{self.evals_done + 1}/{self.evals_total}]")
@@ -383,7 +386,10 @@ class Scheduler:
             if job.kind == "train" and self._train_again(job, err):
                 return
             # A job failed for good: stop and say which job and where to look.
-            self.journal.record("failed", job.key, error=_root_cause(err))
+            try:
+                self.journal.record("failed", job.key, error=_root_cause(err))
+            except DiskFull:
+                pass  # a full disk: the job's own error (below) says so and what to do; a resume needs no such line
             raise StudyError(
                 f"{job.kind} job '{job.label}' failed: {_root_cause(err)}\n"
                 f"Logs: {self.run_dir.logs} (driver.log, train/*.log); Ray's own logs under "
