@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from crdist.errors import CrdistError
+
 T = TypeVar("T")
 
 
-class Timeout(RuntimeError):
-    pass
+class Timeout(CrdistError, RuntimeError):
+    """What a failure bench or test waited for did not happen in time (or the run exited first)."""
 
 
 def events(run_dir: Path) -> list[dict]:

@@ -61,6 +61,12 @@ def bench_resume(config: Path, overrides: list[str], failures: int, seed: int, r
                 failure.killed_at = kill(worker_pid(run_dir, method, failure.task, failure.rank))
                 print(f"  killed rank {failure.rank} of {method} task {failure.task} "
                       f"once step {failure.target_step} was reported")
+                if (run_dir / "models" / method / f"c_{failure.task}.safetensors").is_file():
+                    process.wait()
+                    print(f"the kill landed after task {failure.task} had finished: its {total} steps took less "
+                          f"than the progress events' delay. Give the tasks more steps (train.epochs) so that a "
+                          f"kill lands mid-task")
+                    return 1
                 wait_for(lambda: _resumed_after(run_dir, method, failure), 900, "the resume", alive=process)
             code = process.wait()
         finally:

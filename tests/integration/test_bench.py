@@ -29,10 +29,12 @@ def sets(tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
-    """`bench resume` with one kill: a finished run directory that `bench overhead` reads too."""
+    """`bench resume` with one kill: a finished run directory that `bench overhead` reads too. Tasks
+    of 140 steps (several seconds): the bench aims its kill by progress events, which reach
+    events.jsonl up to a second late, and a task of a few dozen steps can end before it lands."""
     tmp_path = tmp_path_factory.mktemp("bench-resume")
     out = bench(tmp_path, "resume", "--failures", "1", "--runs-dir", str(tmp_path / "runs"),
-                *sets(tmp_path, "train.epochs=3", "evaluate.protocols=[knn]"))
+                *sets(tmp_path, "train.epochs=20", "evaluate.protocols=[knn]"))
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     return run, out
 
