@@ -12,7 +12,7 @@ subprocess, timed from the command's start). The figures come from what every ru
 - ``eval/**.json``: each evaluation's seconds, ending at its journal ``finished`` (an evaluation
   taken from an earlier checkpoint with the same weights ran no job and is left out).
 
-A train job trains one method's tasks in the same worker processes. Each task's time is split into
+A train job trains a chain of tasks (a method's, or several methods' in turn) in the same worker processes. Each task's time is split into
 *start* (journal start → the worker's first line: Ray Train's controller, worker group and process
 group; only a task that starts a job's workers has one), *engine* (→ the first step: model, data
 stream, DeepSpeed engine, checkpoint load), *compute* (the loop), and *end* (→ journal finish:
@@ -44,6 +44,7 @@ class TrainSpan:
     compute: float  # the loop's seconds
     finished: float  # journal "finished"
     fresh: bool = True  # the task started its job's workers; False: they had trained the one before
+    after: str | None = None  # on kept workers: the task they trained before ("sgd/2"), where journalled
 
 
 @dataclass
@@ -204,6 +205,7 @@ def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]
     report = journal[-1]["time"]
     # Run directories written before train jobs kept their workers have no "workers" field: all new.
     fresh = {e["job"]: e.get("workers", "new") == "new" for e in journal if e["event"] == "started"}
+    after = {e["job"]: e["after"] for e in journal if e["event"] == "started" and e.get("after")}
     trains = []
     for job, submitted in started.items():
         if not job.startswith("train/") or job not in finished:
@@ -217,7 +219,7 @@ def spans(run_dir: Path) -> tuple[float, float, list[TrainSpan], list[EvalSpan]]
             # its start when it sees c_i, up to half a second later.
             submitted = min(submitted, entered)
         trains.append(TrainSpan(label, method, submitted, entered, _last_attempt(run_dir, label, False),
-                                summary["seconds"], finished[job], fresh[job]))
+                                summary["seconds"], finished[job], fresh[job], after.get(job)))
     # An evaluation taken from an earlier checkpoint with the same weights (every c_i of `frozen`)
     # ran no job: it has no span.
     reused = {e["job"] for e in journal if e["event"] == "finished" and e.get("same_weights_as")}
@@ -302,11 +304,13 @@ def analyse(run_dir: Path, command_seconds: float | None = None) -> dict:
     figures["job_ready_seconds_min"] = ready[0] if ready else None
     figures["job_ready_seconds_median"] = ready[len(ready) // 2] if ready else None
     # A task on kept workers: from the task before's weights written (their file's time; the driver
-    # sees them up to half a second later) to its first step.
+    # sees them up to half a second later) to its first step. The task before is the journal's
+    # "after" (in a job of several methods, the last task of the method before), else the
+    # method's own previous task.
     switches = []
     for t in trains:
-        method, task = t.label.split("/")
-        before = run_dir / "models" / method / f"c_{int(task) - 1}.safetensors"
+        method, task = (t.after or t.label).split("/")
+        before = run_dir / "models" / method / f"c_{int(task) - (0 if t.after else 1)}.safetensors"
         if not t.fresh and t.first_step and before.is_file():
             switches.append(t.first_step - before.stat().st_mtime)
     switches.sort()

@@ -119,8 +119,8 @@ def _run(study, run_dir: RunDir, address: str | None, console: Console, journal:
     console.print(
         f"plan   {len(train.methods)} method(s) [{', '.join(train.methods)}] × {len(manifest.tasks)} tasks = "
         f"{len(train.methods) * len(manifest.tasks)} train tasks of {_describe_steps(steps)} "
-        f"({train.workers} workers × batch {train.batch_size}, ZeRO-{train.zero_stage}; one Ray Train job per "
-        f"method, its workers kept from task to task); "
+        f"({train.workers} workers × batch {train.batch_size}, ZeRO-{train.zero_stage}; a Ray Train job for each "
+        f"method the cluster trains at once, the others after it on the same workers); "
         f"{eval_count(study, manifest)} eval jobs [{', '.join(study.evaluate.protocols)}]; "
         f"checkpoints {_describe_checkpoints(study.checkpoint)}"
     )

@@ -11,7 +11,7 @@ import ray
 
 @ray.remote(num_cpus=0, max_retries=2)
 def fit_train_job(jobs, progress, stop, storage, run_name) -> dict:
-    """Runs a method's Ray Train job (its tasks in order) from inside a task, so several jobs can be
+    """Runs a Ray Train job (a chain of tasks, in order) from inside a task, so several jobs can be
     in flight at once."""
     from crdist.train.ray_train import fit_on_ray_train
 

@@ -1,12 +1,16 @@
 """The scheduler: submits train and eval jobs as their inputs appear, and follows them to the end.
 
-    train(m, 1) → train(m, 2) → … → train(m, T)          one chain per method, all from c_0
+    train(m, 1) → train(m, 2) → … → train(m, T)          each method's tasks in order, from c_0
     eval(c_i, j) for every task j, as soon as c_i exists  (overlaps training of task i+1)
 
-A method's chain is one Ray Train job whose workers train its tasks one after another
-(``crdist/train/ray_train.py``); the driver sees task i done when c_i's weights appear (written last,
-atomically) and starts its evaluations while the workers go on to task i+1. In the journal each
-task is still a job of its own: ``train/<method>/<i>`` started, finished or stopped.
+A chain of train tasks is one Ray Train job whose workers train them one after another
+(``crdist/train/ray_train.py``). There are as many chains as the cluster can train at once: with
+one slot (a small machine), every method's tasks in one job, method after method; with a slot per
+method, a job per method, side by side. A worker group costs seconds to start (tens on a busy
+2-core machine), often more than a small study's task trains, so a method waiting its turn gains
+nothing from a job of its own. The driver sees task i done when c_i's weights appear (written
+last, atomically) and starts its evaluations while the workers go on to the next task. In the
+journal each task is still a job of its own: ``train/<method>/<i>`` started, finished or stopped.
 
 A job whose output already exists (from an earlier, interrupted run of the same study) is not run
 again. Every job start, finish and stop goes into the run's journal.
@@ -19,7 +23,7 @@ import math
 import queue
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crdist import audit
 from crdist.atomic import DiskFull, room_for
@@ -53,8 +57,14 @@ class _Job:
     method: str | None
     row: int
     task: int  # a train job: the task its workers are training now
-    first_task: int = 0  # a train job: the tasks it trains, first_task … last_task
-    last_task: int = 0
+    # A train job: the (method, task) pairs its workers train, in order, and the index of the one
+    # they are on (len(chain) once every one is done). ``method`` and ``task`` follow it.
+    chain: list[tuple[str, int]] = field(default_factory=list)
+    at: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.at >= len(self.chain)
 
 
 def eval_count(study, manifest: Manifest) -> int:
@@ -62,8 +72,9 @@ def eval_count(study, manifest: Manifest) -> int:
 
 
 class Scheduler:
-    """Runs a study's jobs on Ray (``run_jobs``): one train job per method, an eval job per
-    (checkpoint, task) as soon as the checkpoint exists, as many at once as the cluster holds."""
+    """Runs a study's jobs on Ray (``run_jobs``): train jobs that each train a chain of methods'
+    tasks (as many chains as the cluster trains at once), an eval job per (checkpoint, task) as soon
+    as the checkpoint exists, as many at once as the cluster holds."""
 
     def __init__(self, study, run_dir: RunDir, manifest: Manifest, console: Console, journal: Journal):
         import ray
@@ -81,7 +92,7 @@ class Scheduler:
         self.tasks = len(manifest.tasks)
         self.pending: dict = {}  # Ray object ref → the job it will return
         self.waiting_evals: deque[tuple[_Job, EvalJob]] = deque()  # started when a slot frees up
-        self.waiting_trains: deque[tuple[_Job, TrainJob]] = deque()  # likewise
+        self.waiting_trains: deque[tuple[_Job, list[TrainJob]]] = deque()  # likewise
         self.evals_done = 0
         self.evals_total = eval_count(study, manifest)
         self.accuracy = defaultdict(dict)  # checkpoint label → {task: {protocol: accuracy}}
@@ -109,8 +120,8 @@ class Scheduler:
 
         for task in range(1, self.tasks + 1):
             self.submit_eval(None, 0, task)
-        for method in self.study.train.methods:
-            self.submit_train(method, 1)
+        for methods in self.chains_of(self.study.train.methods):
+            self.submit_train([(method, 1) for method in methods])
         while self.pending:
             if self.stop_signal:
                 self.request_stop(self.stop_signal)
@@ -155,29 +166,21 @@ class Scheduler:
 
     # -- submission ---------------------------------------------------------------------------
 
-    def submit_train(self, method: str, task: int) -> None:
-        """Queue the method's train job for tasks ``task`` … T; tasks whose weights exist (from an
-        earlier run of the study) and match their digests are reused instead. A damaged one is set
-        aside and trained again; the job's workers pass over the tasks reused after it."""
-        first = None  # the first task to train
-        for t in range(task, self.tasks + 1):
-            output = self.run_dir.weights(method, t)
-            if t in self.reused[method]:
-                continue
-            if output.is_file():
-                damage = audit.trained_task(self.run_dir, method, t)
-                if damage is None:
-                    self.console.print(f"train  {method} task {t}/{self.tasks}: already done, reusing "
-                                       f"{output.relative_to(self.run_dir.root)}")
-                    self._journal_finished_if_new(self._train_job(method, t), lambda: self._train_summary(method, t))
-                    self.reused[method].add(t)
-                    self.trained(method, t)
-                    continue
-                self.set_aside(damage, output, summary_path(output), self.run_dir.method_state(method, t))
-            first = t if first is None else first
-        if first is None or self.stop_deadline is not None:
+    def chains_of(self, methods: list[str]) -> list[list[str]]:
+        """The methods dealt out over as many train jobs as the cluster can train at once (each
+        keeps its order within a job): one job for all of them on a small machine, one job each
+        where there are slots enough."""
+        jobs = min(self.train_slots(), len(methods))
+        return [methods[i::jobs] for i in range(jobs)]
+
+    def submit_train(self, starts: list[tuple[str, int]]) -> None:
+        """Queue one train job for each (method, task) of ``starts`` in turn: the method's tasks
+        ``task`` … T, then the next method's. Tasks whose weights exist (from an earlier run of
+        the study) and match their digests are reused instead; a damaged one is set aside and
+        trained again; the job's workers pass over the tasks reused after it."""
+        chain = [item for method, task in starts for item in self._to_train(method, task)]
+        if not chain or self.stop_deadline is not None:
             return
-        task = first
         train_jobs = [
             TrainJob.from_study(
                 self.study,
@@ -192,17 +195,43 @@ class Scheduler:
                 init_state=str(self.run_dir.method_state(method, t - 1).resolve()) if t > 1 else None,
                 output_state=str(self.run_dir.method_state(method, t).resolve()),
             )
-            for t in range(task, self.tasks + 1)
+            for method, t in chain
         ]
-        self.waiting_trains.append((self._train_job(method, task), train_jobs))
+        self.waiting_trains.append((self._train_job(chain), train_jobs))
         self.start_waiting_trains()
+
+    def _to_train(self, method: str, task: int) -> list[tuple[str, int]]:
+        """The method's tasks from ``task`` on that its job goes through: none if every one is
+        done already, else from the first one to train to T (the workers pass over reused ones)."""
+        first = None  # the first task to train
+        for t in range(task, self.tasks + 1):
+            output = self.run_dir.weights(method, t)
+            if t in self.reused[method]:
+                continue
+            if output.is_file():
+                damage = audit.trained_task(self.run_dir, method, t)
+                if damage is None:
+                    self.console.print(f"train  {method} task {t}/{self.tasks}: already done, reusing "
+                                       f"{output.relative_to(self.run_dir.root)}")
+                    self._journal_finished_if_new(self._task_job(method, t), lambda: self._train_summary(method, t))
+                    self.reused[method].add(t)
+                    self.trained(method, t)
+                    continue
+                self.set_aside(damage, output, summary_path(output), self.run_dir.method_state(method, t))
+            first = t if first is None else first
+        return [] if first is None else [(method, t) for t in range(first, self.tasks + 1)]
 
     def set_aside(self, damage: audit.Damage, *paths) -> None:
         audit.set_aside(damage, self.run_dir.root, self.journal, self.console.print, *paths)
 
-    def _train_job(self, method: str, task: int) -> _Job:
-        return _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task,
-                    first_task=task, last_task=self.tasks)
+    def _task_job(self, method: str, task: int) -> _Job:
+        """One task as the journal and the console name it."""
+        return _Job("train", f"train/{method}/{task}", f"{method} task {task}/{self.tasks}", method, task, task)
+
+    def _train_job(self, chain: list[tuple[str, int]]) -> _Job:
+        job = self._task_job(*chain[0])
+        job.chain = chain
+        return job
 
     def start_waiting_trains(self) -> None:
         """Launch as many waiting train jobs as the cluster can train at once. A job launched beyond
@@ -345,19 +374,20 @@ class Scheduler:
     def follow_train_job(self, job: _Job) -> None:
         """Take in every task the train job has finished since last asked: their weights exist.
         (Tasks reused from an earlier run, which its workers pass over, were taken in already.)"""
-        while job.task <= job.last_task and self.run_dir.weights(job.method, job.task).is_file():
+        while not job.done and self.run_dir.weights(job.method, job.task).is_file():
             if job.task in self.reused[job.method]:
                 self.next_task(job)
             else:
                 self.task_trained(job)
 
     def next_task(self, job: _Job) -> None:
-        job.task += 1
-        if job.task <= job.last_task:
-            fresh = self._train_job(job.method, job.task)
-            job.key, job.label, job.row = fresh.key, fresh.label, fresh.row
+        before = f"{job.method}/{job.task}"
+        job.at += 1
+        if not job.done:
+            fresh = self._task_job(*job.chain[job.at])
+            job.key, job.label, job.row, job.method, job.task = fresh.key, fresh.label, fresh.row, fresh.method, fresh.task
             if job.task not in self.reused[job.method]:
-                self.journal.record("started", job.key, workers="kept")
+                self.journal.record("started", job.key, workers="kept", after=before)
 
     def task_trained(self, job: _Job) -> None:
         """The train job's current task is done: journal it, start its evaluations, and move the job
@@ -406,7 +436,7 @@ class Scheduler:
             self.start_waiting_evals()
         else:
             self.follow_train_job(job)
-            if job.task <= job.last_task:  # it returned before its last task: stopped on request
+            if not job.done:  # it returned before its last task: stopped on request
                 self.journal.record("stopped", job.key)
                 self.console.print(f"train  {job.label}: stopped after its checkpoint")
         if job.kind == "train":
@@ -421,16 +451,18 @@ class Scheduler:
         self.follow_train_job(job)
         if "DiskFull: " in _root_cause(err):
             return False  # no room: starting again would only fail again; the error says what to do
-        if job.task > job.last_task:  # every task's weights are written: it failed on its way out
-            self.console.print(f"warn   train {job.method}: its job failed after its last task ({_root_cause(err)}); "
-                               "every task's weights are written")
-        elif job.task == job.first_task or self.stop_deadline is not None:
+        if job.done:  # every task's weights are written: it failed on its way out
+            self.console.print(f"warn   train {_chain_label(job.chain)}: its job failed after its last task "
+                               f"({_root_cause(err)}); every task's weights are written")
+        elif job.at == 0 or self.stop_deadline is not None:
             return False
         else:
             self.journal.record("failed", job.key, error=_root_cause(err), again=True)
-            self.console.print(f"warn   train {job.label} failed after finishing tasks {job.first_task}–{job.task - 1} "
-                               f"({_root_cause(err)}); starting its workers again from this task")
-            self.submit_train(job.method, job.task)
+            self.console.print(f"warn   train {job.label} failed after its job finished "
+                               f"{_chain_label(job.chain[:job.at])} ({_root_cause(err)}); starting its workers "
+                               "again from this task")
+            rest = job.chain[job.at:]
+            self.submit_train([item for k, item in enumerate(rest) if k == 0 or rest[k - 1][0] != item[0]])
         self.start_waiting_trains()
         self.start_waiting_evals()
         return True
@@ -472,6 +504,15 @@ class Scheduler:
             if event["kind"] == "damaged":  # a mid-task checkpoint the workers set aside
                 self.journal.record("damaged", f"train/{event['method']}/{event['task']}", file=event["file"],
                                     reason=event["reason"], redo=event["action"])
+
+
+def _chain_label(chain: list[tuple[str, int]]) -> str:
+    """[(sgd, 1), (sgd, 2), (lpft, 1)] → "sgd tasks 1–2, lpft task 1"."""
+    parts = []
+    for method in dict.fromkeys(m for m, _ in chain):
+        tasks = [t for m, t in chain if m == method]
+        parts.append(f"{method} task {tasks[0]}" if len(tasks) == 1 else f"{method} tasks {tasks[0]}–{tasks[-1]}")
+    return ", ".join(parts)
 
 
 def tensors_digest(path) -> str:

@@ -1,7 +1,9 @@
-"""A method's continued pretraining on its tasks as one Ray Train job: a TorchTrainer over N workers
-that train the tasks one after another, in the same processes (``train_tasks``).
+"""Continued pretraining on a chain of tasks as one Ray Train job: a TorchTrainer over N workers
+that train the tasks one after another, in the same processes (``train_tasks``). A chain is a
+method's tasks in order, or several methods' one method after another (the scheduler makes as
+many chains as the cluster trains at once).
 
-One job per method, not per task: a worker group costs seconds to start (Ray Train's controller
+One job per chain, not per task: a worker group costs seconds to start (Ray Train's controller
 and workers, imports, the process group), often more than a task of a small study trains. Each
 task still writes its own weights, summary and checkpoints; the driver follows the weights as they
 appear and evaluates each c_i while the workers go on to the next task.
@@ -50,7 +52,7 @@ def _train_loop_per_worker(config: dict) -> None:
 
 
 def fit_on_ray_train(jobs: list[TrainJob], progress, stop, storage: Path, run_name: str) -> dict:
-    """Train ``jobs`` (one method's tasks, in order) on the connected Ray cluster. Returns
+    """Train ``jobs`` (a chain: each method's tasks in order) on the connected Ray cluster. Returns
     ``{"stopped": True}`` when they stopped early on request (the task then training checkpointed,
     its weights not written), else ``{"stopped": False}``; each task's summary is on disk beside
     its weights."""
@@ -76,7 +78,7 @@ def fit_on_ray_train(jobs: list[TrainJob], progress, stop, storage: Path, run_na
             placement_strategy=train.placement,
         ),
         run_config=RunConfig(
-            name=f"{run_name}-{first.method}-tasks{first.task}-{todo[-1].task}",
+            name=f"{run_name}-{first.method}{first.task}-{todo[-1].method}{todo[-1].task}",
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=train.max_failures,
                                          max_preemption_failures=train.max_preemption_failures),

@@ -51,7 +51,8 @@ Reporter = Callable[[dict], None]
 
 def train_tasks(jobs: list[TrainJob], report: Reporter = lambda event: None, stop_flag=None,
                 preemption_info: Callable[[], object] | None = None) -> list[TaskResult]:
-    """Train a method's tasks in order on this rank, each as ``train_task`` would in a fresh process
+    """Train a chain of tasks in order on this rank (a method's, or several methods' one after
+    another), each as ``train_task`` would in a fresh process
     (its own seed, model, stream, engine and checkpoints; the same weights bit for bit), and stop
     after a task that stopped on request. Tasks whose weights exist are passed over: a restarted
     worker group resumes at the task it was training.
