@@ -482,4 +482,9 @@ def _log_to_file(path: Path) -> logging.Handler:
 def _stop_logging_to(handler: logging.Handler) -> None:
     for name in _LOGGERS:
         logging.getLogger(name).removeHandler(handler)
-    handler.close()
+    try:
+        handler.close()
+    except OSError:
+        # The log's last lines found no room (a full disk): closing must not replace the task's own
+        # error (a DiskFull that says what to do) with the log file's.
+        pass

@@ -80,3 +80,26 @@ def test_the_drivers_log_and_events_wait_for_room_and_go_out_in_order(tmp_path):
     assert [line.split("] ", 1)[1] for line in result.stdout.splitlines()] == ["first", "second", "third", "fourth"]
     (warning,) = result.stderr.splitlines()
     assert warning.startswith("warn   no room to write ") and "keeps its log lines and events in memory" in warning
+
+
+def test_a_workers_log_that_finds_no_room_does_not_replace_the_tasks_own_error(tmp_path):
+    """The worker closes its task's log in a ``finally``: a close whose flush finds no room must
+    leave the task's error (a DiskFull that says what to do) as the one that reaches the driver."""
+    result = run(tmp_path, """
+        import logging, os
+        from pathlib import Path
+        from crdist.atomic import DiskFull
+        from crdist.train.worker import _log_to_file, _stop_logging_to
+        handler = _log_to_file(Path(os.environ["TMP"]) / "sgd-task1-rank0.log")
+        logging.raiseExceptions = False  # the emit's own complaint is not what is tested here
+        room(0)
+        try:
+            try:
+                raise DiskFull(28, "checkpoints/sgd/task-1: no room to write the checkpoint step-000010")
+            finally:
+                logging.getLogger("crdist.train").error("the task failed")  # its flush fails: kept in the buffer
+                _stop_logging_to(handler)
+        except DiskFull as err:
+            print(f"raised {type(err).__name__}: {err}")
+    """)
+    assert result.stdout.strip() == "raised DiskFull: checkpoints/sgd/task-1: no room to write the checkpoint step-000010"
