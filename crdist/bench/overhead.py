@@ -331,8 +331,8 @@ def _print(f: dict) -> None:
     print(f"run wall time                {f['wall_seconds']:8.1f} s   (driver start to report)")
     print(f"  driver start → first job   {f['driver_to_first_job_seconds']:8.1f} s   "
           f"(data preparation {f['data_preparation_seconds']:.1f} s, Ray up at {f['ray_start_seconds_at']} s)")
-    print(f"train jobs                   {f['train_jobs']:8d}   (Ray Train jobs, each training a method's tasks "
-          f"in turn: {tasks} tasks)")
+    print(f"train jobs                   {f['train_jobs']:8d}   (Ray Train jobs, each training its methods' "
+          f"tasks in turn: {tasks} tasks)")
     print(f"  start (Ray Train)          {f['train_start_seconds']:8.1f} s   {f['train_start_seconds'] / n:6.1f} s/job")
     print(f"  engine (model, stream, DS) {f['train_engine_seconds']:8.1f} s   {f['train_engine_seconds'] / tasks:6.1f} s/task")
     print(f"  compute (training loop)    {f['train_compute_seconds']:8.1f} s   {f['train_compute_seconds'] / tasks:6.1f} s/task")
