@@ -19,7 +19,7 @@ from tests.helpers import ROOT
 from tests.helpers.studies import finish, journal
 
 STUDY = ["data.tasks=2", "train.max_steps=6", "evaluate.protocols=[knn]", "train.methods=[sgd,frozen]",
-         "pretrain.steps=60", "pretrain.data.benchmark=seq-digits", "pretrain.data.class_order=[6,7,8,9,0,1,2,3,4,5]",
+         "pretrain.steps=240", "pretrain.data.benchmark=seq-digits", "pretrain.data.class_order=[6,7,8,9,0,1,2,3,4,5]",
          "pretrain.data.classes_per_task=4", "pretrain.data.tasks=1", "checkpoint.every_steps=10", "train.log_every=5"]
 
 
@@ -27,6 +27,8 @@ def test_killed_mid_pretraining_it_resumes_and_sweep_points_that_share_it_train_
     shards = [f"data.shards={tmp_path / 'shards'}", f"pretrain.data.shards={tmp_path / 'source'}"]
 
     # A run killed (its whole process group) once the pretraining has a checkpoint, then run again.
+    # 240 steps: the kill lands seconds before the stage ends (60 steps, under 2 s on an idle
+    # machine, once ended before a busy test process had sent it).
     killed_dir = tmp_path / "killed"
     sets = [*STUDY, *shards, "name=killed", f"runs_dir={tmp_path / 'runs'}", f"pretrain.dir={killed_dir}"]
     command = [sys.executable, "-m", "crdist", "run"] + [x for s in sets for x in ("--set", s)]
@@ -47,7 +49,7 @@ def test_killed_mid_pretraining_it_resumes_and_sweep_points_that_share_it_train_
     assert finish(again, timeout=900) == 0, (tmp_path / "killed.log").read_text()[-3000:]
     run = tmp_path / "runs" / "killed"
     resumed = [e for e in journal(run) if e.get("job") == "pretrain" and e["event"] == "finished"]
-    assert len(resumed) == 1 and resumed[0]["resumed_from"] >= 20 and resumed[0]["steps"] == 60
+    assert len(resumed) == 1 and resumed[0]["resumed_from"] >= 20 and resumed[0]["steps"] == 240
 
     # A sweep of two seeds over the same settings in a fresh directory: the first point trains the
     # stage, the second reuses it. pretrain.seed is fixed, so the seed is not in the fingerprint;
