@@ -25,6 +25,13 @@ class DiskFull(CrdistError, OSError):
         return self.strerror
 
 
+def ends_a_line(path: Path) -> bool:
+    """Whether the non-empty file ``path`` ends with a newline (not with a torn last line)."""
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
 def is_no_room(err: BaseException) -> bool:
     """Whether ``err`` is a write refused for want of room (its errno says so)."""
     return getattr(err, "errno", None) in _NO_ROOM

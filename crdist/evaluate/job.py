@@ -102,10 +102,14 @@ def run_eval_job(job: EvalJob, threads: int = 1) -> dict:
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
     }
-    output = Path(job.output)
-    with room_for(output.parent, f"{output.name}, an evaluation's result", needed=64 * 1024):
-        write_sealed_json(output, result)
+    write_evaluation(Path(job.output), result)
     return result
+
+
+def write_evaluation(path: Path, result: dict) -> None:
+    """An evaluation's result, sealed with its digest; a disk without room says so (DiskFull)."""
+    with room_for(path.parent, f"{path.name}, an evaluation's result", needed=64 * 1024):
+        write_sealed_json(path, result)
 
 
 def _device(cfg: EvalConfig) -> torch.device:

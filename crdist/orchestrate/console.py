@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from crdist.atomic import is_no_room
+from crdist.atomic import ends_a_line, is_no_room
 
 
 class Console:
@@ -80,7 +80,7 @@ class _AppendOnly:
         self.unwritten = b""
         self.close_unwritten = 0
         self.no_room = no_room
-        if self.file.tell() and not _ends_a_line(path):
+        if self.file.tell() and not ends_a_line(path):
             self.append("\n")  # a killed driver's half line: the next one starts its own
 
     def append(self, text: str) -> None:
@@ -101,9 +101,3 @@ class _AppendOnly:
         self.close_unwritten = len(self.unwritten)
         self.file.close()
         return bool(self.close_unwritten)
-
-
-def _ends_a_line(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, 2)
-        return f.read(1) == b"\n"

@@ -14,24 +14,27 @@ import socket
 import time
 from pathlib import Path
 
-from crdist.atomic import disk_full, is_no_room
+from crdist.atomic import disk_full, ends_a_line, is_no_room
 
 
 class Journal:
     def __init__(self, path: Path):
         self.path = path
+        # A torn last line (a killed driver's, or one a full disk cut short) is ended before the
+        # next entry, so that entry is a line of its own.
+        self.torn = path.is_file() and path.stat().st_size > 0 and not ends_a_line(path)
 
     def record(self, event: str, job: str | None = None, **fields) -> None:
         entry = {"time": round(time.time(), 3), "event": event, **({"job": job} if job else {}), **fields}
         line = (json.dumps(entry) + "\n").encode()
         try:
             with open(self.path, "ab") as f:
-                if f.tell() and not _ends_a_line(self.path):
-                    line = b"\n" + line  # after a torn line (a kill, a full disk): a line of its own
-                f.write(line)
+                f.write(b"\n" + line if self.torn else line)
                 f.flush()
                 os.fsync(f.fileno())
+            self.torn = False
         except OSError as err:
+            self.torn = True  # part of the line may be written
             if is_no_room(err):
                 raise disk_full(self.path.parent, f"its journal ({self.path.name})", len(line)) from err
             raise
@@ -52,9 +55,3 @@ class Journal:
 
     def finished(self) -> set[str]:
         return {e["job"] for e in self.entries() if e["event"] == "finished"}
-
-
-def _ends_a_line(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, 2)
-        return f.read(1) == b"\n"

@@ -26,11 +26,10 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from crdist import audit
-from crdist.atomic import DiskFull, room_for
-from crdist.integrity import write_sealed_json
+from crdist.atomic import DiskFull
 from crdist.data.manifest import Manifest
 from crdist.errors import CrdistError
-from crdist.evaluate.job import EvalJob
+from crdist.evaluate.job import EvalJob, write_evaluation
 from crdist.orchestrate.console import Console
 from crdist.orchestrate.journal import Journal
 from crdist.rundir import RunDir
@@ -309,9 +308,7 @@ class Scheduler:
         for job in self.same_weights_waiting.pop((method, row, task), []):
             copy = {**result, "checkpoint": RunDir.checkpoint_label(job.method, job.row), "row": job.row,
                     "same_weights_as": result["checkpoint"], "seconds": 0.0}
-            target = self.run_dir.evaluation(job.method, job.row, task)
-            with room_for(target.parent, f"{target.name}, an evaluation's result", needed=64 * 1024):
-                write_sealed_json(target, copy)
+            write_evaluation(self.run_dir.evaluation(job.method, job.row, task), copy)
             self.journal.record("finished", job.key, same_weights_as=result["checkpoint"])
             self.console.print(f"eval   {job.label}: same weights as {result['checkpoint']}, its result taken "
                                f"[{self.evals_done + 1}/{self.evals_total}]")
